@@ -1,0 +1,131 @@
+"""Orbax checkpoints in WORKDIR/checkpoints: the latest, the best by validation
+accuracy and the best by validation loss, each with a JSON record of the
+architecture, normalization and class names it was trained with.
+"""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from resnet_jax import config as config_lib
+from resnet_jax.errors import CheckpointError
+
+SELECTIONS = ('best', 'best_loss', 'latest')
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, 'checkpoints'))
+
+
+def create_manager(workdir: str, read_only: bool = False):
+  """Opens (or, unless read_only, creates) the workdir's checkpoint manager."""
+  directory = checkpoint_dir(workdir)
+  if read_only and not os.path.isdir(directory):
+    raise CheckpointError(f'no checkpoint in {workdir}: {directory} does not exist')
+  keep = policies.AnyPreservationPolicy([
+      policies.LatestN(n=1),
+      policies.BestN(get_metric_fn=lambda m: m['val_accuracy'], n=1,
+                     keep_checkpoints_without_metrics=False),
+      policies.BestN(get_metric_fn=lambda m: -m['val_loss'], n=1,
+                     keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=None if read_only else keep, read_only=read_only,
+      # Orbax writes the metrics (which BestN reads) only when best_fn is set.
+      best_fn=lambda m: m['val_accuracy'], best_mode='max',
+      create=not read_only, save_interval_steps=0 if read_only else 1)
+  handlers = {'state': ocp.PyTreeCheckpointHandler(),
+              'meta': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, item_handlers=handlers,
+                               options=options)
+
+
+def make_meta(config, normalization, class_names) -> dict:
+  return {
+      'architecture': architecture(config),
+      'normalization': {'mean': list(normalization[0]),
+                        'std': list(normalization[1])},
+      'class_names': list(class_names),
+      'config': config.to_dict(),
+  }
+
+
+def architecture(config) -> dict:
+  return {k: config_lib.lookup(config, k) for k in config_lib.ARCHITECTURE_KEYS}
+
+
+def save(manager, step: int, state, meta: dict, metrics=None):
+  manager.save(step, metrics=metrics, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def select_step(manager, which: str) -> int:
+  """'best' (validation accuracy), 'best_loss', 'latest' or a step number."""
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {manager.directory}')
+  if str(which).isdigit():
+    if int(which) not in steps:
+      raise CheckpointError(f'no checkpoint at step {which} in '
+                            f'{manager.directory}; steps: {sorted(steps)}')
+    return int(which)
+  if which not in SELECTIONS:
+    raise CheckpointError(f'--checkpoint={which!r} is not valid; choose one of '
+                          f'{", ".join(SELECTIONS)} or a step number')
+  if which == 'latest':
+    return max(steps)
+  scored = [(s, manager.metrics(s)) for s in steps]
+  scored = [(s, m) for s, m in scored if m]
+  if not scored:  # Only checkpoints saved without an evaluation.
+    return max(steps)
+  if which == 'best':
+    return max(scored, key=lambda sm: (sm[1]['val_accuracy'], sm[0]))[0]
+  return min(scored, key=lambda sm: (sm[1]['val_loss'], -sm[0]))[0]
+
+
+def restore_meta(manager, step: int, config) -> dict:
+  """Reads a checkpoint's JSON record; refuses another architecture."""
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+  except Exception as e:  # Orbax raises several types for missing files.
+    raise CheckpointError(f'checkpoint {step} in {manager.directory} is '
+                          f'unreadable: {type(e).__name__}: {e}') from None
+  expected = architecture(config)
+  saved = meta.get('architecture', {})
+  diffs = [f'{k}={saved.get(k)!r} (config: {v!r})'
+           for k, v in expected.items() if saved.get(k) != v]
+  if diffs:
+    raise CheckpointError(f'checkpoint {step} in {manager.directory} was '
+                          f'written for another architecture: {", ".join(diffs)}')
+  return meta
+
+
+def restore_state(manager, step: int, target):
+  """Restores the train state into the shapes and shardings of `target`."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    ))['state']
+  except Exception as e:
+    raise CheckpointError(f'checkpoint {step} in {manager.directory} does not '
+                          f'match the configured train state (another '
+                          f'train.optimizer?): {type(e).__name__}: '
+                          f'{str(e).splitlines()[0] if str(e) else ""}') from None
+
+
+def restore_variables(manager, step: int, sharding):
+  """Restores only params and batch_stats, whatever the optimizer was."""
+  saved = manager.item_metadata(step)['state']
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      {'params': saved['params'], 'batch_stats': saved['batch_stats']})
+  # Partial restore: the optimizer state on disk is left unread.
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item=target, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  return restored['state']

@@ -1,0 +1,101 @@
+"""The base config every `configs/*.py` file starts from, and its validation.
+
+The base lives in the package (not in configs/) so that config files load the
+same way from any working directory: `from resnet_jax import config`.
+"""
+import ml_collections
+
+from resnet_jax.errors import ConfigError
+
+CHOICES = {
+    'model.name': ('resnet', 'cnn'),
+    'model.shortcut': ('conv', 'zeropad'),
+    'data.source': ('cifar10_binary', 'synthetic'),
+    'train.optimizer': ('sgd', 'adamw'),
+    'train.schedule': ('cosine', 'linear', 'step'),
+    'train.dtype': ('float32', 'bfloat16', 'float16'),
+}
+# Keys that describe the architecture: a checkpoint restores only into a
+# config that agrees on all of them.
+ARCHITECTURE_KEYS = ('model.name', 'model.num_layers', 'model.shortcut',
+                     'model.num_classes', 'data.image_size', 'data.grayscale')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """ResNet-20, 1x1-conv shortcuts, He et al.'s 64k steps with a modern recipe."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'resnet'
+  c.model.num_layers = 3  # n: depth 6n+2, so ResNet-20.
+  c.model.shortcut = 'conv'
+  c.model.num_classes = 10
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'cifar10_binary'
+  c.data.dir = ''
+  c.data.val_fraction = 0.1  # 45,000 / 5,000 for CIFAR-10.
+  c.data.image_size = 32
+  c.data.grayscale = False
+  c.data.synthetic_examples = 1024  # Per split, for data.source=synthetic.
+  c.data.synthetic_seed = 0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.steps = 64_000  # He et al.: 64k steps of 128, ~182 epochs.
+  c.train.optimizer = 'sgd'  # Nesterov momentum.
+  c.train.learning_rate = 0.1
+  c.train.momentum = 0.9
+  c.train.schedule = 'cosine'
+  c.train.warmup_steps = 1_000
+  c.train.step_boundaries = (0.5, 0.75)  # Fractions of steps, for 'step'.
+  c.train.step_factor = 0.1
+  c.train.weight_decay = 5e-4  # Not applied to BatchNorm params and biases.
+  c.train.label_smoothing = 0.1
+  c.train.dtype = 'float32'
+  c.train.eval_every = 1_000
+  c.train.log_every = 50
+  c.train.eval_batch_size = 1_000
+  return c
+
+
+def lookup(config, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def validate(config) -> None:
+  """Raises ConfigError naming the key and the valid values."""
+  for key, choices in CHOICES.items():
+    if lookup(config, key) not in choices:
+      raise ConfigError(f'{key}={lookup(config, key)!r} is not valid; choose '
+                        f'one of: {", ".join(choices)}')
+  at_least = {'model.num_layers': 1, 'model.num_classes': 2,
+              'data.image_size': 4, 'data.synthetic_examples': 2,
+              'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
+              'train.log_every': 1, 'train.eval_batch_size': 1,
+              'train.warmup_steps': 0}
+  for key, low in at_least.items():
+    value = lookup(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(f'{key}={value!r} must be an integer >= {low}')
+  ranges = {'data.val_fraction': (0, 1, False), 'train.learning_rate': (0, None, False),
+            'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
+            'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
+  for key, (low, high, closed) in ranges.items():
+    value = lookup(config, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        value >= low if closed else value > low) and (high is None or value < high)
+    if not ok:
+      bound = f'{"[" if closed else "("}{low}, {high if high is not None else "inf"})'
+      raise ConfigError(f'{key}={value!r} must be in {bound}')
+  if config.train.warmup_steps >= config.train.steps:
+    raise ConfigError(f'train.warmup_steps={config.train.warmup_steps} must be '
+                      f'below train.steps={config.train.steps}')
+  boundaries = tuple(config.train.step_boundaries)
+  if any(not 0 < b < 1 for b in boundaries) or list(boundaries) != sorted(boundaries):
+    raise ConfigError(f'train.step_boundaries={boundaries} must be increasing '
+                      'fractions of train.steps in (0, 1)')

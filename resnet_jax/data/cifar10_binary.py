@@ -1,0 +1,82 @@
+"""CIFAR-10 in the official binary layout (cifar-10-binary.tar.gz).
+
+Each record is 3,073 bytes: one label byte, then the 1,024 red, 1,024 green
+and 1,024 blue bytes of a 32x32 image, row-major. The record count comes from
+the file size, never from an assumed 10,000.
+"""
+import os
+import re
+
+import numpy as np
+
+from resnet_jax.errors import DataError
+
+RECORD_BYTES = 1 + 32 * 32 * 3
+DEFAULT_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                       'frog', 'horse', 'ship', 'truck')
+
+
+def _split_files(data_dir: str, split: str) -> list[str]:
+  if split == 'test':
+    names = ['test_batch.bin'] if os.path.isfile(
+        os.path.join(data_dir, 'test_batch.bin')) else []
+  else:
+    batch_number = lambda n: int(re.fullmatch(r'data_batch_(\d+)\.bin', n)[1])
+    names = sorted((n for n in os.listdir(data_dir)
+                    if re.fullmatch(r'data_batch_\d+\.bin', n)),
+                   key=batch_number)
+  return [os.path.join(data_dir, n) for n in names]
+
+
+def splits(data_config) -> tuple[str, ...]:
+  """The splits whose files are present ('val' is carved from 'train')."""
+  _check_dir(data_config.dir)
+  return tuple(s for s in ('train', 'test')
+               if _split_files(data_config.dir, s))
+
+
+def read_file(path: str, num_classes: int = 10):
+  """Reads one .bin file into uint8 images (N, 32, 32, 3) and int32 labels."""
+  size = os.path.getsize(path)
+  if size == 0 or size % RECORD_BYTES:
+    raise DataError(f'{path} is {size} bytes, not a positive multiple of the '
+                    f'{RECORD_BYTES}-byte CIFAR-10 record (truncated file?)')
+  records = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+  labels = records[:, 0].astype(np.int32)
+  bad = np.flatnonzero(labels >= num_classes)
+  if bad.size:
+    raise DataError(f'{path}: record {bad[0]} has label {labels[bad[0]]}, '
+                    f'outside 0..{num_classes - 1}')
+  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels
+
+
+def load(data_config, split: str, num_classes: int):
+  """Returns (images, labels) of 'train' (all data_batch_*.bin) or 'test'."""
+  _check_dir(data_config.dir)
+  files = _split_files(data_config.dir, split)
+  if not files:
+    wanted = 'test_batch.bin' if split == 'test' else 'data_batch_*.bin'
+    raise DataError(f'split {split!r} asked for, but {data_config.dir} has '
+                    f'no {wanted}')
+  parts = [read_file(f, num_classes) for f in files]
+  return (np.concatenate([p[0] for p in parts]),
+          np.concatenate([p[1] for p in parts]))
+
+
+def class_names(data_config) -> tuple[str, ...]:
+  meta = os.path.join(data_config.dir, 'batches.meta.txt')
+  if os.path.isfile(meta):
+    with open(meta) as f:
+      names = tuple(line.strip() for line in f if line.strip())
+    if names:
+      return names
+  return DEFAULT_CLASS_NAMES
+
+
+def _check_dir(data_dir: str):
+  if not data_dir:
+    raise DataError('data.dir is not set: pass --config.data.dir=PATH to the '
+                    'cifar-10-batches-bin folder')
+  if not os.path.isdir(data_dir):
+    raise DataError(f'data.dir {data_dir!r} is not a folder')

@@ -1,0 +1,84 @@
+"""The one entry point: python -m resnet_jax.main --config=... --workdir=...
+
+Modes: train (resumes when the workdir has a checkpoint) and evaluate.
+"""
+import json
+import runpy
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import evaluate, train
+from resnet_jax.errors import UserError
+
+MODES = ('train', 'evaluate')
+
+config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file; override keys with --config.KEY=VALUE.',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, config and metrics go here.')
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_string('checkpoint', 'best',
+                    'evaluate: best (validation accuracy), best_loss, latest or '
+                    'a step number.')
+flags.DEFINE_enum('split', 'test', ('test', 'val', 'train'),
+                  'evaluate: the split to evaluate.')
+flags.DEFINE_integer('stop_at_step', 0,
+                     'train: stop at this step with a checkpoint (0: run to '
+                     'train.steps); rerun the same command to continue.')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+  """absl's parser, with every bad flag reported as one line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _exit_with(str(e))
+  except (AttributeError, KeyError):  # ml_collections: an unknown config key.
+    _exit_with(_unknown_config_key(argv))
+
+
+def _unknown_config_key(argv) -> str:
+  """Names the first --config.KEY that the config file does not define."""
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+              None)
+  config = runpy.run_path(path)['get_config']() if path else None
+  for arg in argv:
+    if not arg.startswith('--config.') or config is None:
+      continue
+    node, parts = config, arg[len('--config.'):].split('=')[0].split('.')
+    for i, part in enumerate(parts):
+      if not hasattr(node, 'keys') or part not in node:
+        where = '.'.join(parts[:i]) or 'the config'
+        keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else ''
+        return (f'unknown config key {arg.split("=")[0]}; keys of {where}: '
+                f'{keys}')
+      node = node[part]
+  return 'unknown config key in ' + ' '.join(argv[1:])
+
+
+def _exit_with(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step)
+    else:
+      result = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                                 FLAGS.split)
+      print(json.dumps(result))
+  except UserError as e:
+    _exit_with(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

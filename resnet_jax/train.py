@@ -1,0 +1,261 @@
+"""Train state, the jitted train and eval steps, and the training loop.
+
+Everything random is derived from (seed, step): the batch order from the
+epoch, the augmentation from the step. A checkpoint therefore needs only the
+train state to resume exactly.
+"""
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from resnet_jax import checkpoint, data, models, optim, reporting
+from resnet_jax import config as config_lib
+from resnet_jax.data import augment
+from resnet_jax.errors import ConfigError
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device: the batch is split along 'data'."""
+  # Auto axes: XLA propagates shardings from the constraints we place.
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def create_model(config):
+  return models.create_model(config.model, dtype=jnp.dtype(config.train.dtype))
+
+
+def create_train_state(config, model, rng, mesh) -> TrainState:
+  """Initializes parameters and optimizer state, replicated on the mesh."""
+  channels = 1 if config.data.grayscale else 3
+  shape = (1, config.data.image_size, config.data.image_size, channels)
+
+  def init():
+    variables = model.init(rng, jnp.zeros(shape), train=False)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables['params'],
+        batch_stats=variables['batch_stats'],
+        tx=optim.create_optimizer(config.train))
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state, batch, rng, *, normalization, label_smoothing,
+               learning_rate_fn):
+  """One SGD step on a batch of uint8 images: augment, forward, backward."""
+  images = augment.random_crop_flip(rng, batch['image'])
+  images = augment.normalize(images, *normalization)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'])
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, batch_stats)), grads = grad_fn(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {
+      'loss': loss,
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'learning_rate': learning_rate_fn(state.step),
+  }
+  return new_state, metrics
+
+
+def eval_step(state, batch, *, normalization):
+  """Sums of loss and correct predictions over the unmasked examples."""
+  images = augment.normalize(batch['image'], *normalization)
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats}, images,
+      train=False)
+  loss = cross_entropy(logits, batch['label'])
+  correct = jnp.argmax(logits, -1) == batch['label']
+  mask = batch['mask']
+  return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
+
+
+def sample_batch(train_data, step, order_key, batch_size):
+  """Batch `step` of a fresh permutation per epoch; the remainder is dropped."""
+  num_examples = train_data['label'].shape[0]
+  epoch, index = jnp.divmod(step, num_examples // batch_size)
+  order = jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                 num_examples)
+  indices = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+  return jax.tree.map(lambda x: x[indices], train_data)
+
+
+def make_train_fn(config, mesh, normalization):
+  """Jitted (state, train_data) -> (state, metrics): sample, augment, update."""
+  order_key, augment_key = jax.random.split(jax.random.key(config.seed))
+  step_fn = functools.partial(
+      train_step, normalization=normalization,
+      label_smoothing=config.train.label_smoothing,
+      learning_rate_fn=optim.create_schedule(config.train))
+
+  def train_fn(state, train_data):
+    batch = sample_batch(train_data, state.step, order_key,
+                         config.train.batch_size)
+    batch = jax.lax.with_sharding_constraint(
+        batch, NamedSharding(mesh, P('data')))
+    return step_fn(state, batch, jax.random.fold_in(augment_key, state.step))
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
+
+
+def make_eval_fn(normalization):
+  """Jitted (state, eval_data) -> sums, scanning over the padded chunks."""
+
+  def eval_fn(state, eval_data):
+    def body(totals, batch):
+      sums = eval_step(state, batch, normalization=normalization)
+      return jax.tree.map(jnp.add, totals, sums), None
+    zeros = {'loss': 0.0, 'correct': 0, 'count': 0}
+    zeros = jax.tree.map(jnp.asarray, zeros)
+    return jax.lax.scan(body, zeros, eval_data)[0]
+
+  return jax.jit(eval_fn)
+
+
+def put_replicated(arrays: dict, mesh):
+  """Host arrays to every device (each process holds the whole array)."""
+  sharding = NamedSharding(mesh, P())
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+          for k, v in arrays.items()}
+
+
+def put_eval_chunks(split: data.Split, batch_size: int, mesh):
+  """Pads a split to whole batches, (chunks, batch, ...), batch-sharded.
+
+  Padding is masked out, so every example counts exactly once.
+  """
+  num_devices = mesh.devices.size
+  batch_size = min(batch_size, len(split))
+  batch_size = math.ceil(batch_size / num_devices) * num_devices
+  chunks = math.ceil(len(split) / batch_size)
+  pad = chunks * batch_size - len(split)
+  arrays = {
+      'image': np.concatenate(
+          [split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)]),
+      'label': np.concatenate([split.labels, np.zeros(pad, np.int32)]),
+      'mask': np.concatenate([np.ones(len(split), np.float32),
+                              np.zeros(pad, np.float32)]),
+  }
+  sharding = NamedSharding(mesh, P(None, 'data'))
+  out = {}
+  for k, v in arrays.items():
+    v = v.reshape(chunks, batch_size, *v.shape[1:])
+    out[k] = jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+  return out
+
+
+def evaluate(eval_fn, state, eval_data) -> dict:
+  sums = jax.device_get(eval_fn(state, eval_data))
+  count = int(sums['count'])
+  return {'loss': float(sums['loss']) / count,
+          'accuracy': float(sums['correct']) / count, 'num_examples': count}
+
+
+def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
+  """Trains (or resumes) in `workdir`; returns the last validation metrics.
+
+  `stop_at_step` > 0 ends the run early at that step with a checkpoint, as a
+  time-limited job would; the same command later continues from there.
+  """
+  config_lib.validate(config)
+  mesh = create_mesh()
+  if config.train.batch_size % mesh.devices.size:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} must be a '
+                      f'multiple of the {mesh.devices.size} devices')
+  splits = data.load_splits(config, ('train', 'val'))
+  class_names = data.class_names(config)
+  if len(splits['train']) < config.train.batch_size:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} exceeds '
+                      f'the {len(splits["train"])} training examples')
+  normalization = data.channel_stats(splits['train'].images)
+  model = create_model(config)
+  state = create_train_state(config, model, jax.random.key(config.seed), mesh)
+
+  manager = checkpoint.create_manager(workdir)
+  meta = checkpoint.make_meta(config, normalization, class_names)
+  start = manager.latest_step() or 0
+  if start:
+    checkpoint.restore_meta(manager, start, config)
+    state = checkpoint.restore_state(manager, start, state)
+    print(f'Resuming from step {start} in {manager.directory}')
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  history = reporting.MetricsHistory(workdir, resume_step=start)
+
+  train_data = put_replicated(
+      {'image': splits['train'].images, 'label': splits['train'].labels}, mesh)
+  val_data = put_eval_chunks(splits['val'], config.train.eval_batch_size, mesh)
+  train_fn = make_train_fn(config, mesh, normalization)
+  eval_fn = make_eval_fn(normalization)
+
+  total_steps = config.train.steps
+  end = min(total_steps, stop_at_step) if stop_at_step else total_steps
+  steps_per_epoch = len(splits['train']) // config.train.batch_size
+  pending, last_log, images_per_sec, val = [], None, None, {}
+  bar = tqdm(total=total_steps, initial=start, unit='step', dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  for step in range(start + 1, end + 1):
+    state, metrics = train_fn(state, train_data)
+    pending.append(metrics)
+    if step % config.train.log_every == 0 or step == end:
+      fetched = jax.device_get(pending)
+      now = time.perf_counter()
+      if last_log is not None:  # The first interval includes compilation.
+        images_per_sec = (len(pending) * config.train.batch_size
+                          / (now - last_log))
+      last_log = now
+      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      record['learning_rate'] = float(fetched[-1]['learning_rate'])
+      history.write({'step': step, 'epoch': step / steps_per_epoch,
+                     **{f'train_{k}': v for k, v in record.items()},
+                     'images_per_sec': images_per_sec})
+      bar.set_postfix(loss=f'{record["loss"]:.3f}',
+                      acc=f'{record["accuracy"]:.3f}',
+                      lr=f'{record["learning_rate"]:.4f}',
+                      img_s=f'{images_per_sec or 0:.0f}')
+      bar.update(step - bar.n)
+      pending = []
+    if step % config.train.eval_every == 0 or step == end:
+      val = evaluate(eval_fn, state, val_data)
+      history.write({'step': step, 'epoch': step / steps_per_epoch,
+                     'val_loss': val['loss'], 'val_accuracy': val['accuracy']})
+      bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
+                f'val_accuracy {val["accuracy"]:.4f}')
+      checkpoint.save(manager, step, state, meta, metrics={
+          'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
+      last_log = time.perf_counter()  # Evaluation time is not training time.
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  return {'step': end, 'val_accuracy': val.get('accuracy'),
+          'val_loss': val.get('loss'), 'images_per_sec': images_per_sec}

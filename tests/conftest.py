@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny configs and generated CIFAR-10 binary folders."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnet_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
+                         'cifar-10-batches-bin')
+
+
+def tiny_config(**overrides):
+  """ResNet-8 on 16x16 synthetic data: compiles and runs in seconds."""
+  c = config_lib.base_config()
+  c.data.source = 'synthetic'
+  c.data.image_size = 16
+  c.data.synthetic_examples = 160
+  c.data.val_fraction = 0.2
+  c.model.num_layers = 1
+  c.train.batch_size = 16
+  c.train.steps = 12
+  c.train.warmup_steps = 2
+  c.train.eval_every = 6
+  c.train.log_every = 3
+  c.train.eval_batch_size = 20
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def cli_args(config, workdir, *extra):
+  """The command line that gives `config` (relative to the base config)."""
+  args = [sys.executable, '-m', 'resnet_jax.main',
+          f'--config={REPO}/configs/resnet_conv.py', f'--workdir={workdir}']
+  base = config_lib.base_config().to_dict()
+  for section, values in config.to_dict().items():
+    if not isinstance(values, dict):
+      if values != base[section]:
+        args.append(f'--config.{section}={values}')
+      continue
+    for key, value in values.items():
+      if value != base[section][key]:
+        args.append(f'--config.{section}.{key}={value}')
+  return args + list(extra)
+
+
+def run_cli(args, env=None, timeout=600):
+  return subprocess.run(args, capture_output=True, text=True, cwd=REPO,
+                        timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def write_cifar_bin(path, images, labels):
+  """Writes records in the official layout: label byte, then R, G, B planes."""
+  planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
+  records = np.concatenate([np.asarray(labels, np.uint8)[:, None], planes], 1)
+  records.tofile(path)
+
+
+def random_cifar(n, seed=0, num_classes=10):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+          rng.integers(0, num_classes, n).astype(np.int32))
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+  """A CIFAR-10 binary folder with odd record counts: 7 + 5 + 1 train, 3 test."""
+  folder = tmp_path / 'cifar-10-batches-bin'
+  folder.mkdir()
+  arrays = {}
+  for i, n in enumerate((7, 5, 1), start=1):
+    arrays[f'data_batch_{i}.bin'] = random_cifar(n, seed=i)
+  arrays['test_batch.bin'] = random_cifar(3, seed=99)
+  for name, (images, labels) in arrays.items():
+    write_cifar_bin(folder / name, images, labels)
+  (folder / 'batches.meta.txt').write_text(
+      '\n'.join(f'name{k}' for k in range(10)) + '\n')
+  return folder, arrays

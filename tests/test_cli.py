@@ -1,0 +1,132 @@
+"""The command line: modes, and bad input as one line, exit 2, nothing touched."""
+import hashlib
+import json
+import os
+
+import pytest
+
+from conftest import cli_args, run_cli, tiny_config, write_cifar_bin, random_cifar
+from resnet_jax import train
+
+
+def snapshot(folder):
+  """Every file under `folder` with its content hash and mtime."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[path] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+  return out
+
+
+def assert_one_line_error(result, pattern):
+  assert result.returncode == 2, result.stdout + result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and pattern in last, result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('trained')
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
+def test_evaluate_prints_json_result_last(trained_workdir):
+  result = run_cli(cli_args(tiny_config(), trained_workdir, '--mode=evaluate',
+                            '--split=val', '--checkpoint=latest'))
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['split'] == 'val' and report['step'] == 12
+  assert report['num_examples'] == 32 and 0 <= report['accuracy'] <= 1
+  assert set(report) == {'split', 'accuracy', 'loss', 'num_examples', 'step'}
+
+
+def test_train_on_cifar_binary_then_evaluate_a_test_only_folder(
+    tmp_path, cifar_dir):
+  folder, arrays = cifar_dir
+  config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': str(folder),
+                          'data.image_size': 32, 'train.batch_size': 4,
+                          'train.steps': 2, 'train.warmup_steps': 0,
+                          'train.eval_every': 2, 'data.val_fraction': 0.3})
+  result = run_cli(cli_args(config, tmp_path / 'w'))
+  assert result.returncode == 0, result.stderr
+  only_test = tmp_path / 'only_test'
+  only_test.mkdir()
+  write_cifar_bin(only_test / 'test_batch.bin', *arrays['test_batch.bin'])
+  config.data.dir = str(only_test)
+  result = run_cli(cli_args(config, tmp_path / 'w', '--mode=evaluate'))
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['split'] == 'test' and report['num_examples'] == 3
+  assert report['step'] == 2
+
+
+def test_evaluate_without_checkpoint_is_an_error(tmp_path):
+  result = run_cli(cli_args(tiny_config(), tmp_path / 'empty', '--mode=evaluate'))
+  assert_one_line_error(result, 'no checkpoint in')
+  assert not (tmp_path / 'empty').exists()
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'model.shortcut': 'zeropad'}, "model.shortcut='conv' (config: 'zeropad')"),
+    ({'model.num_layers': 2}, 'model.num_layers=1 (config: 2)'),
+    ({'model.name': 'cnn'}, "model.name='resnet' (config: 'cnn')"),
+])
+@pytest.mark.parametrize('mode', ['train', 'evaluate'])
+def test_another_architecture_is_refused_and_nothing_changes(
+    trained_workdir, override, message, mode):
+  before = snapshot(trained_workdir)
+  result = run_cli(cli_args(tiny_config(**override), trained_workdir,
+                            f'--mode={mode}'))
+  assert_one_line_error(result, message)
+  assert snapshot(trained_workdir) == before
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'data.dir': '/no/such/folder', 'data.source': 'cifar10_binary'},
+     "data.dir '/no/such/folder' is not a folder"),
+    ({'model.name': 'vgg'}, "model.name='vgg' is not valid; choose one of: resnet, cnn"),
+    ({'model.shortcut': 'bad'}, 'choose one of: conv, zeropad'),
+    ({'train.optimizer': 'lion'}, 'choose one of: sgd, adamw'),
+    ({'data.val_fraction': 1.5}, 'data.val_fraction=1.5 must be in (0, 1)'),
+    ({'train.batch_size': 0}, 'train.batch_size=0 must be an integer >= 1'),
+    ({'train.warmup_steps': 50}, 'train.warmup_steps=50 must be below train.steps=12'),
+])
+def test_bad_config_values(tmp_path, override, message):
+  result = run_cli(cli_args(tiny_config(**override), tmp_path / 'w'))
+  assert_one_line_error(result, message)
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.model.depth=3', 'unknown config key --config.model.depth; keys of model: '),
+    ('--config.optim.lr=3', 'unknown config key --config.optim.lr; keys of the config: '),
+    ('--config.model.num_layers=abc', 'invalid literal for int()'),
+    ('--mode=fly', 'value should be one of <train|evaluate>'),
+])
+def test_bad_flags(tmp_path, flag, message):
+  result = run_cli(cli_args(tiny_config(), tmp_path / 'w', flag))
+  assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize('defect,message', [
+    ('truncated', 'not a positive multiple of the 3073-byte'),
+    ('bad_label', 'has label 200, outside 0..9'),
+])
+def test_bad_data_files(tmp_path, defect, message):
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  images, labels = random_cifar(20)
+  if defect == 'bad_label':
+    labels[5] = 200
+  write_cifar_bin(folder / 'data_batch_1.bin', images, labels)
+  if defect == 'truncated':
+    path = folder / 'data_batch_1.bin'
+    path.write_bytes(path.read_bytes()[:-1])
+  config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': str(folder),
+                          'data.image_size': 32})
+  result = run_cli(cli_args(config, tmp_path / 'w'))
+  assert_one_line_error(result, message)

@@ -1,0 +1,117 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config, cli_args, run_cli
+from resnet_jax import checkpoint, evaluate, optim, reporting, train
+
+
+def restore_params(workdir, which='latest'):
+  manager = checkpoint.create_manager(workdir, read_only=True)
+  step = checkpoint.select_step(manager, which)
+  mesh = train.create_mesh()
+  variables = checkpoint.restore_variables(
+      manager, step, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return step, jax.device_get(variables)
+
+
+def test_training_learns_and_writes_its_workdir(tmp_path):
+  config = tiny_config(**{'train.steps': 40, 'train.eval_every': 20,
+                          'train.log_every': 10})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  history = reporting.read_history(str(tmp_path))
+  losses = [r['train_loss'] for r in history if 'train_loss' in r]
+  assert losses[-1] < 0.5 * losses[0]
+  assert result['val_accuracy'] > 0.6  # 10 classes: chance is 0.1.
+  assert [r['step'] for r in history if 'val_accuracy' in r] == [20, 40]
+  assert json.load(open(tmp_path / 'config.json'))['model']['num_layers'] == 1
+  assert result['images_per_sec'] > 0
+
+
+def test_checkpoints_keep_latest_best_accuracy_and_best_loss(tmp_path):
+  manager = checkpoint.create_manager(str(tmp_path))
+  state = {'w': np.zeros(3, np.float32)}
+  accuracy = [0.1, 0.9, 0.5, 0.3, 0.2]
+  loss = [2.0, 1.5, 1.0, 1.8, 1.9]
+  for step, (acc, l) in enumerate(zip(accuracy, loss), start=1):
+    checkpoint.save(manager, step, {'w': state['w'] + step}, {'m': step},
+                    metrics={'val_accuracy': acc, 'val_loss': l})
+  manager.wait_until_finished()
+  assert sorted(manager.all_steps()) == [2, 3, 5]
+  reader = checkpoint.create_manager(str(tmp_path), read_only=True)
+  assert checkpoint.select_step(reader, 'best') == 2
+  assert checkpoint.select_step(reader, 'best_loss') == 3
+  assert checkpoint.select_step(reader, 'latest') == 5
+  assert checkpoint.select_step(reader, '3') == 3
+  with pytest.raises(Exception, match='no checkpoint at step 4'):
+    checkpoint.select_step(reader, '4')
+  with pytest.raises(Exception, match='choose one of best, best_loss, latest'):
+    checkpoint.select_step(reader, 'newest')
+
+
+def test_evaluate_restored_checkpoint_reproduces_validation_metrics(tmp_path):
+  result = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  evaluated = evaluate.evaluate(tiny_config(), str(tmp_path), 'latest', 'val')
+  assert evaluated['step'] == 12
+  assert evaluated['num_examples'] == 32  # 20% of 160: every example counted.
+  assert evaluated['accuracy'] == pytest.approx(result['val_accuracy'], abs=1e-6)
+  assert evaluated['loss'] == pytest.approx(result['val_loss'], rel=1e-5)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+  config = tiny_config()
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  train.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_at_step=5)
+  assert restore_params(str(tmp_path / 'resumed'))[0] == 5
+  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  step_a, a = restore_params(str(tmp_path / 'straight'))
+  step_b, b = restore_params(str(tmp_path / 'resumed'))
+  assert step_a == step_b == 12
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # The history holds each step once, as if never interrupted.
+  steps = [r['step'] for r in reporting.read_history(str(tmp_path / 'resumed'))
+           if 'train_loss' in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_four_devices_match_one_device(tmp_path):
+  """Same global batch on 4 CPU devices: BN statistics over the whole batch."""
+  config = tiny_config(**{'train.steps': 6, 'train.eval_every': 6})
+  one = run_cli(cli_args(config, tmp_path / 'one'))
+  four = run_cli(cli_args(config, tmp_path / 'four'),
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
+  _, a = restore_params(str(tmp_path / 'one'))
+  _, b = restore_params(str(tmp_path / 'four'))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+  assert not np.allclose(  # ...and training did move the parameters.
+      a['params']['Dense_0']['kernel'], 0, atol=1e-3)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+  config = tiny_config(**{'train.steps': 100, 'train.warmup_steps': 10,
+                          'train.learning_rate': 0.4}).train
+  lr = optim.create_schedule(config)
+  assert lr(0) == 0 and lr(10) == pytest.approx(0.4)
+  assert lr(55) == pytest.approx(0.2, rel=1e-3) and lr(100) == pytest.approx(0)
+
+
+def test_step_schedule_drops_at_the_boundaries():
+  config = tiny_config(**{'train.steps': 100, 'train.warmup_steps': 0,
+                          'train.schedule': 'step'}).train
+  lr = optim.create_schedule(config)
+  assert [float(lr(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_weight_decay_skips_batchnorm_and_biases():
+  params = {'Conv_0': {'kernel': np.ones((3, 3, 3, 16))},
+            'BatchNorm_0': {'scale': np.ones(16), 'bias': np.zeros(16)},
+            'Dense_0': {'kernel': np.ones((16, 10)), 'bias': np.zeros(10)}}
+  mask = optim.decay_mask(params)
+  assert mask == {'Conv_0': {'kernel': True},
+                  'BatchNorm_0': {'scale': False, 'bias': False},
+                  'Dense_0': {'kernel': True, 'bias': False}}
