@@ -3,10 +3,12 @@
 Modes: train (resumes when the workdir has a checkpoint) and evaluate.
 """
 import json
+import os
 import runpy
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 from resnet_jax import evaluate, train
@@ -27,6 +29,12 @@ flags.DEFINE_enum('split', 'test', ('test', 'val', 'train'),
 flags.DEFINE_integer('stop_at_step', 0,
                      'train: stop at this step with a checkpoint (0: run to '
                      'train.steps); rerun the same command to continue.')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-host: HOST:PORT of process 0. Under SLURM (more than '
+                    'one task) all three multi-host flags come from its '
+                    'environment.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0-based.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -65,9 +73,19 @@ def _exit_with(message: str):
   sys.exit(2)
 
 
+def initialize_distributed():
+  """Joins the other processes of a multi-host run, if this is one."""
+  if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize()  # JAX reads SLURM's variables.
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  initialize_distributed()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
   try:
     if FLAGS.mode == 'train':

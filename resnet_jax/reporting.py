@@ -1,35 +1,383 @@
-"""What a run writes besides checkpoints: the metrics history (JSON lines)."""
+"""What a run writes for people to read, besides checkpoints.
+
+In WORKDIR (process 0 only):
+  metrics.jsonl        one JSON object per log interval or evaluation
+  metrics.csv          the same records as CSV, one row per JSON line
+  tensorboard/         TensorBoard event files (tensorboardX)
+  plots/loss.png       train and validation loss against steps and epochs
+  plots/accuracy.png   train and validation accuracy against steps and epochs
+  plots/learning_rate.png  the configured schedule (drawn before training
+                       starts) with the logged rates on top
+  report.md            written at the end: config summary, parameter count,
+                       best validation accuracy and its step, wall time,
+                       images/s and the plots
+
+Plots and TensorBoard are best effort: a failure there prints one warning and
+never stops training.
+"""
+import csv
 import json
 import os
+import statistics
+import struct
+import sys
 
 import jax
+import numpy as np
+
+# Plot size in pixels: FIGSIZE inches at DPI.
+DPI = 100
+FIGSIZE = (6.4, 4.0)
+PLOTS = ('loss.png', 'accuracy.png', 'learning_rate.png')
+# CSV columns in this order; keys a record adds beyond these follow, sorted.
+COLUMNS = ('step', 'epoch', 'train_loss', 'train_accuracy', 'val_loss',
+           'val_accuracy', 'train_learning_rate', 'images_per_sec')
+# Schedule plots evaluate the schedule at no more than this many steps.
+SCHEDULE_POINTS = 4001
 
 
-class MetricsHistory:
-  """WORKDIR/metrics.jsonl, one JSON object per log or evaluation.
+class Reporter:
+  """Everything a training run writes for people to read, process 0 only.
+
+  The train loop calls `write` for every log or evaluation record, `evaluated`
+  after each evaluation and `finish` once at the end.
 
   On resume, records past the restored step (written after the checkpoint
-  the run resumes from) are dropped, so the file tells one consistent story.
-  Only process 0 writes.
+  the run resumes from) are dropped, so the files tell one consistent story.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, workdir: str, config, resume_step: int = 0):
+    self.workdir = workdir
+    self.config = config
+    self.resume_step = resume_step
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.csv_path = os.path.join(workdir, 'metrics.csv')
+    self.plot_dir = os.path.join(workdir, 'plots')
     self.enabled = jax.process_index() == 0
-    if self.enabled and os.path.exists(self.path):
+    self._warned = set()
+    self._schedule = None
+    self._columns = None
+    self._tb = None
+    if not self.enabled:
+      return
+    if os.path.exists(self.path):
       with open(self.path) as f:
         kept = [line for line in f
                 if line.strip() and json.loads(line)['step'] <= resume_step]
       with open(self.path + '.tmp', 'w') as f:
         f.writelines(kept)
       os.replace(self.path + '.tmp', self.path)
+    self._rewrite_csv()
+    self._guard('tensorboard', self._open_tensorboard)
+    self._guard('plots', self.plot)
 
   def write(self, record: dict):
-    if self.enabled:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+    """One record: {'step', 'epoch', 'train_*' or 'val_*', ...}."""
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if set(record) - set(self._columns):
+      self._rewrite_csv()  # A new key: a new column for every row.
+    else:
+      with open(self.csv_path, 'a', newline='') as f:
+        csv.DictWriter(f, self._columns).writerow(_csv_row(record))
+    if self._tb is not None:
+      self._guard('tensorboard', self._tensorboard_write, record)
+
+  def evaluated(self):
+    """Called after each evaluation's record is written: redraws the plots."""
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      self._guard('tensorboard', self._tb.flush)
+    self._guard('plots', self.plot)
+
+  def finish(self, summary: dict):
+    """Called once at the end with {'num_params', 'wall_time_s', ...}."""
+    if not self.enabled:
+      return
+    self._guard('plots', self.plot)
+    if self._tb is not None:
+      self._guard('tensorboard', self._tensorboard_finish, summary)
+      self._guard('tensorboard', self._tb.close)
+      self._tb = None
+    self._guard('report', self._write_report, summary)
+
+  def plot(self):
+    """(Re)draws every plot from the history in metrics.jsonl."""
+    history = read_history(self.workdir) if os.path.exists(self.path) else []
+    if self._schedule is None:
+      self._schedule = schedule_points(self.config.train)
+    plot_history(history, self.plot_dir,
+                 label_smoothing=self.config.train.label_smoothing)
+    plot_schedule(self.config, os.path.join(self.plot_dir, 'learning_rate.png'),
+                  history=history, points=self._schedule)
+
+  def _guard(self, what, fn, *args):
+    """Runs fn; on failure warns once per `what` and carries on."""
+    try:
+      return fn(*args)
+    except Exception as e:  # Reporting must never stop training.
+      if what not in self._warned:
+        self._warned.add(what)
+        print(f'warning: {what} failed and is skipped from now on: '
+              f'{type(e).__name__}: {e}', file=sys.stderr)
+      if what == 'tensorboard':
+        self._tb = None
+
+  def _rewrite_csv(self):
+    history = read_history(self.workdir) if os.path.exists(self.path) else []
+    write_csv(history, self.csv_path)
+    self._columns = csv_columns(history)
+
+  def _open_tensorboard(self):
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    # On resume, TensorBoard hides the events from earlier runs past the
+    # restored step, as the JSON lines drop them.
+    self._tb = SummaryWriter(
+        os.path.join(self.workdir, 'tensorboard'),
+        purge_step=self.resume_step + 1 if self.resume_step else None)
+    if not self.resume_step:
+      self._tb.add_text('config', '```\n' + self.config.to_json_best_effort(
+          indent=2) + '\n```', 0)
+
+  def _tensorboard_write(self, record):
+    for key, value in record.items():
+      if key != 'step' and value is not None:
+        self._tb.add_scalar(tensorboard_tag(key), value, record['step'])
+
+  def _tensorboard_finish(self, summary):
+    lines = [f'{k}: {v}' for k, v in summary.items()]
+    self._tb.add_text('summary', '  \n'.join(lines), summary.get('step', 0))
+
+  def _write_report(self, summary):
+    history = read_history(self.workdir) if os.path.exists(self.path) else []
+    text = report_markdown(self.config, summary, history,
+                           resume_step=self.resume_step)
+    with open(os.path.join(self.workdir, 'report.md'), 'w') as f:
+      f.write(text)
 
 
 def read_history(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# CSV ------------------------------------------------------------------------
+
+
+def csv_columns(history) -> list[str]:
+  extra = sorted({k for r in history for k in r} - set(COLUMNS))
+  return list(COLUMNS) + extra
+
+
+def _csv_row(record):
+  return {k: '' if v is None else v for k, v in record.items()}
+
+
+def write_csv(history, path):
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.DictWriter(f, csv_columns(history))
+    writer.writeheader()
+    writer.writerows(_csv_row(r) for r in history)
+  os.replace(path + '.tmp', path)
+
+
+# TensorBoard -----------------------------------------------------------------
+
+
+def tensorboard_tag(key: str) -> str:
+  """'train_loss' -> 'train/loss', 'val_accuracy' -> 'val/accuracy'."""
+  for prefix in ('train', 'val'):
+    if key.startswith(prefix + '_'):
+      return f'{prefix}/{key[len(prefix) + 1:]}'
+  return key
+
+
+def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} from every event file under `logdir`.
+
+  A plain TFRecord reader (no TensorFlow), for tests and quick checks.
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  out = {}
+  for root, _, files in os.walk(logdir):
+    for name in sorted(files):
+      if 'tfevents' not in name:
+        continue
+      with open(os.path.join(root, name), 'rb') as f:
+        data = f.read()
+      pos = 0
+      while pos + 12 <= len(data):
+        (length,) = struct.unpack('<Q', data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+        for value in event.summary.value:
+          if value.HasField('simple_value'):
+            out.setdefault(value.tag, []).append(
+                (event.step, float(value.simple_value)))
+  return out
+
+
+# Plots -----------------------------------------------------------------------
+
+
+def _figure():
+  """A pyplot-free Agg figure: no global state, safe in any thread."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  return Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
+
+
+def _epoch_axis(ax, history):
+  """A secondary x axis on top in epochs, when the history gives the ratio."""
+  ratio = next((r['epoch'] / r['step'] for r in history
+                if r.get('step') and r.get('epoch') is not None), None)
+  if ratio:
+    top = ax.secondary_xaxis(
+        'top', functions=(lambda s: s * ratio, lambda e: e / ratio))
+    top.set_xlabel('epoch')
+
+
+def _series(history, key):
+  pairs = [(r['step'], r[key]) for r in history if r.get(key) is not None]
+  return ([s for s, _ in pairs], [v for _, v in pairs])
+
+
+def plot_history(history, plot_dir, label_smoothing=0.0):
+  """plots/loss.png and plots/accuracy.png: train and validation curves."""
+  os.makedirs(plot_dir, exist_ok=True)
+  smoothed = ' (label-smoothed)' if label_smoothing else ''
+  for name, title in (('loss', 'Loss'), ('accuracy', 'Accuracy')):
+    fig = _figure()
+    ax = fig.add_subplot()
+    for split, label, style in (('train', 'train' + (smoothed if name == 'loss'
+                                                     else ''), '-'),
+                                ('val', 'validation', 'o-')):
+      steps, values = _series(history, f'{split}_{name}')
+      if steps:
+        ax.plot(steps, values, style, label=label, markersize=3)
+    ax.set_xlabel('step')
+    ax.set_ylabel(name)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend()
+    _epoch_axis(ax, history)
+    fig.savefig(os.path.join(plot_dir, f'{name}.png'))
+
+
+def schedule_points(train_config):
+  """(steps, rates) of `optim.create_schedule`, evaluated on the CPU."""
+  from resnet_jax import optim  # pylint: disable=import-outside-toplevel
+  steps = np.unique(np.linspace(0, train_config.steps,
+                                SCHEDULE_POINTS).astype(np.int64))
+  schedule = optim.create_schedule(train_config)
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):
+    rates = np.asarray(jax.device_get(schedule(steps)), np.float64)
+  return steps, rates
+
+
+def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
+  """The learning rate the config asks for, with any logged rates on top.
+
+  Needs neither data nor a model: `--mode=plot_schedule` draws it before
+  training as a check of the config.
+  """
+  steps, rates = points if points is not None else schedule_points(config.train)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig = _figure()
+  ax = fig.add_subplot()
+  ax.plot(steps, rates, label=f'{config.train.schedule} schedule')
+  logged_steps, logged = _series(history, 'train_learning_rate')
+  if logged_steps:
+    # Logged is the rate of the interval's last step, which used step - 1.
+    ax.plot(np.asarray(logged_steps) - 1, logged, '.', label='logged',
+            markersize=4)
+  ax.set_xlabel('step')
+  ax.set_ylabel('learning rate')
+  ax.set_title(f'Learning rate: peak {config.train.learning_rate:g}, warmup '
+               f'{config.train.warmup_steps} of {config.train.steps} steps')
+  ax.set_xlim(0, config.train.steps)
+  ax.set_ylim(bottom=0)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if steps_per_epoch:
+    history = [{'step': steps_per_epoch, 'epoch': 1.0}]
+  _epoch_axis(ax, history)
+  fig.savefig(path)
+  return path
+
+
+# report.md -------------------------------------------------------------------
+
+
+def best_validation(history):
+  """(record) with the highest validation accuracy, latest on ties, or None.
+
+  The tie-break is that of `--checkpoint=best`.
+  """
+  evals = [r for r in history if r.get('val_accuracy') is not None]
+  if not evals:
+    return None
+  return max(evals, key=lambda r: (r['val_accuracy'], r['step']))
+
+
+def _fmt(value, spec):
+  return 'n/a' if value is None else format(value, spec)
+
+
+def report_markdown(config, summary, history, resume_step=0) -> str:
+  m, d, t = config.model, config.data, config.train
+  depth = 6 * m.num_layers + 2
+  model = (f'ResNet-{depth} ({m.shortcut} shortcuts)' if m.name == 'resnet'
+           else f'plain CNN, {depth} layers')
+  channels = 1 if d.grayscale else 3
+  optimizer = (f'{t.optimizer}, peak learning rate {t.learning_rate:g}, '
+               f'{t.schedule} schedule, {t.warmup_steps} warmup steps, '
+               f'momentum {t.momentum:g}, weight decay {t.weight_decay:g}, '
+               f'label smoothing {t.label_smoothing:g}')
+  best = best_validation(history)
+  last = next((r for r in reversed(history) if r.get('epoch') is not None),
+              None)
+  epochs = (f' ({last["epoch"] * t.steps / last["step"]:.1f} epochs)'
+            if last and last['step'] else '')
+  rates = [r['images_per_sec'] for r in history
+           if r.get('images_per_sec') is not None]
+  step = summary.get('step')
+  rows = [
+      ('model', f'{model}, {m.num_classes} classes'),
+      ('parameters', f'{summary["num_params"]:,}'
+       if summary.get('num_params') is not None else 'n/a'),
+      ('data', f'{d.source}, {d.image_size}x{d.image_size}x{channels}'
+       + (f', {d.dir}' if d.get('dir') else '')),
+      ('optimizer', optimizer),
+      ('training', f'batch {t.batch_size} x {t.steps:,} steps{epochs}, '
+       f'{t.dtype}, seed {config.seed}'),
+      ('reached step', f'{step:,}' if step is not None else 'n/a'),
+  ]
+  if resume_step:
+    rows.append(('resumed from step', f'{resume_step:,}'))
+  if best:
+    rows.append(('best validation accuracy',
+                 f'**{best["val_accuracy"]:.4f} at step {best["step"]:,}** '
+                 f'(epoch {best["epoch"]:.2f}, loss {best["val_loss"]:.4f})'))
+  rows += [
+      ('final validation accuracy / loss',
+       f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
+       f'{_fmt(summary.get("val_loss"), ".4f")}'),
+      ('wall time', f'{_fmt(summary.get("wall_time_s"), ".1f")} s'
+       + (' (since the resume)' if resume_step else '')),
+      ('images/s', f'{_fmt(statistics.median(rates) if rates else None, ".0f")}'
+       f' median of the logged intervals, '
+       f'{_fmt(summary.get("images_per_sec"), ".0f")} last'),
+      ('devices', f'{jax.device_count()} x {jax.devices()[0].platform}'),
+  ]
+  lines = ['# Training report', '', '| | |', '|---|---|']
+  lines += [f'| {k} | {v} |' for k, v in rows]
+  lines += ['', 'Full config: [config.json](config.json); history: '
+            '[metrics.jsonl](metrics.jsonl), [metrics.csv](metrics.csv); '
+            'TensorBoard: `tensorboard --logdir=tensorboard`.', '',
+            '## Plots', '']
+  lines += [f'![{name[:-4]}](plots/{name})' for name in PLOTS]
+  return '\n'.join(lines) + '\n'

@@ -186,6 +186,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
   `stop_at_step` > 0 ends the run early at that step with a checkpoint, as a
   time-limited job would; the same command later continues from there.
   """
+  run_start = time.perf_counter()
   config_lib.validate(config)
   mesh = create_mesh()
   if config.train.batch_size % mesh.devices.size:
@@ -206,11 +207,12 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
   if start:
     checkpoint.restore_meta(manager, start, config)
     state = checkpoint.restore_state(manager, start, state)
-    print(f'Resuming from step {start} in {manager.directory}')
+    if jax.process_index() == 0:
+      print(f'Resuming from step {start} in {manager.directory}')
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-  history = reporting.MetricsHistory(workdir, resume_step=start)
+  reporter = reporting.Reporter(workdir, config, resume_step=start)
 
   train_data = put_replicated(
       {'image': splits['train'].images, 'label': splits['train'].labels}, mesh)
@@ -236,7 +238,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
       last_log = now
       record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       record['learning_rate'] = float(fetched[-1]['learning_rate'])
-      history.write({'step': step, 'epoch': step / steps_per_epoch,
+      reporter.write({'step': step, 'epoch': step / steps_per_epoch,
                      **{f'train_{k}': v for k, v in record.items()},
                      'images_per_sec': images_per_sec})
       bar.set_postfix(loss=f'{record["loss"]:.3f}',
@@ -247,15 +249,21 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
       pending = []
     if step % config.train.eval_every == 0 or step == end:
       val = evaluate(eval_fn, state, val_data)
-      history.write({'step': step, 'epoch': step / steps_per_epoch,
+      reporter.write({'step': step, 'epoch': step / steps_per_epoch,
                      'val_loss': val['loss'], 'val_accuracy': val['accuracy']})
-      bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
-                f'val_accuracy {val["accuracy"]:.4f}')
+      reporter.evaluated()
+      if jax.process_index() == 0:
+        bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
+                  f'val_accuracy {val["accuracy"]:.4f}')
       checkpoint.save(manager, step, state, meta, metrics={
           'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
       last_log = time.perf_counter()  # Evaluation time is not training time.
   bar.close()
   manager.wait_until_finished()
   manager.close()
-  return {'step': end, 'val_accuracy': val.get('accuracy'),
-          'val_loss': val.get('loss'), 'images_per_sec': images_per_sec}
+  summary = {'step': end, 'val_accuracy': val.get('accuracy'),
+             'val_loss': val.get('loss'), 'images_per_sec': images_per_sec,
+             'num_params': sum(p.size for p in jax.tree.leaves(state.params)),
+             'wall_time_s': time.perf_counter() - run_start}
+  reporter.finish(summary)
+  return summary

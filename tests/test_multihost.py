@@ -1,0 +1,48 @@
+"""Two processes on localhost (gloo CPU collectives), 2 devices each."""
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from conftest import REPO, cli_args, run_cli, tiny_config
+from test_train import restore_params
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def run_two_processes(config, workdir, *extra):
+  port = free_port()
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [subprocess.Popen(
+      cli_args(config, workdir, f'--coordinator_address=localhost:{port}',
+               '--num_processes=2', f'--process_id={i}', *extra),
+      cwd=REPO, env={**__import__('os').environ, **env},
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
+def test_two_processes_match_one_process_and_resume(tmp_path):
+  config = tiny_config(**{'train.steps': 6, 'train.eval_every': 3})
+  # Interrupted at step 3, then resumed by both processes.
+  run_two_processes(config, tmp_path / 'multi', '--stop_at_step=3')
+  assert restore_params(str(tmp_path / 'multi'))[0] == 3
+  run_two_processes(config, tmp_path / 'multi')
+  single = run_cli(cli_args(config, tmp_path / 'single'),
+                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr
+  step_a, a = restore_params(str(tmp_path / 'multi'))
+  step_b, b = restore_params(str(tmp_path / 'single'))
+  assert step_a == step_b == 6
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+  # Process 0 alone writes the history: each record once.
+  lines = (tmp_path / 'multi' / 'metrics.jsonl').read_text().splitlines()
+  assert len(lines) == len(set(lines))
