@@ -5,15 +5,17 @@ same way from any working directory: `from resnet_jax import config`.
 """
 import ml_collections
 
+from resnet_jax.data import SOURCES
 from resnet_jax.errors import ConfigError
 
 CHOICES = {
     'model.name': ('resnet', 'cnn'),
     'model.shortcut': ('conv', 'zeropad'),
-    'data.source': ('cifar10_binary', 'synthetic'),
+    'data.source': tuple(SOURCES),
     'train.optimizer': ('sgd', 'adamw'),
     'train.schedule': ('cosine', 'linear', 'step'),
     'train.dtype': ('float32', 'bfloat16', 'float16'),
+    'train.on_nonfinite': ('stop', 'skip'),
 }
 # Keys that describe the architecture: a checkpoint restores only into a
 # config that agrees on all of them.
@@ -33,13 +35,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 10
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'cifar10_binary'
-  c.data.dir = ''
+  # TFDS downloads and prepares CIFAR-10 on first use (needs internet and
+  # the tfds-prepare extra); offline, use cifar10_binary or folder.
+  c.data.source = 'tfds'
+  c.data.dir = ''  # The data folder; for tfds its data_dir ('': default).
   c.data.val_fraction = 0.1  # 45,000 / 5,000 for CIFAR-10.
   c.data.image_size = 32
   c.data.grayscale = False
   c.data.synthetic_examples = 1024  # Per split, for data.source=synthetic.
   c.data.synthetic_seed = 0
+  c.data.name = 'cifar10'  # data.source=tfds: the TFDS dataset name.
+  c.data.download = True  # data.source=tfds: download and prepare if absent.
+  c.data.skip_corrupt = False  # folder, tfds: skip (and list) unreadable images.
+  c.data.decode_threads = 0  # folder, tfds: decoding threads; 0: one per core.
+  c.data.max_in_memory_gb = 4.0  # Largest decoded split held in memory.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -54,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 5e-4  # Not applied to BatchNorm params and biases.
   c.train.label_smoothing = 0.1
   c.train.dtype = 'float32'
+  # A non-finite loss or gradient is never applied; 'stop' ends the run
+  # (exit 2, last good checkpoint kept), 'skip' goes on to the next batch.
+  c.train.on_nonfinite = 'stop'
   c.train.eval_every = 1_000
   c.train.log_every = 50
   c.train.eval_batch_size = 1_000
@@ -77,12 +89,13 @@ def validate(config) -> None:
               'data.image_size': 4, 'data.synthetic_examples': 2,
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
-              'train.warmup_steps': 0}
+              'train.warmup_steps': 0, 'data.decode_threads': 0}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ConfigError(f'{key}={value!r} must be an integer >= {low}')
   ranges = {'data.val_fraction': (0, 1, False), 'train.learning_rate': (0, None, False),
+            'data.max_in_memory_gb': (0, None, False),
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
             'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
   for key, (low, high, closed) in ranges.items():

@@ -16,6 +16,7 @@ def test_resnet20_learns_real_cifar10(tmp_path):
       pytest.fail(message + ' (RESNET_JAX_REQUIRE_DATA is set)')
     pytest.skip(message)
   config = config_lib.base_config()
+  config.data.source = 'cifar10_binary'
   config.data.dir = REAL_DATA
   # A fifth of an epoch: 150 steps of 64 images, warmup then cosine decay.
   config.train.batch_size = 64

@@ -1,0 +1,207 @@
+"""Input-pipeline throughput of each data source beside ResNet-20 training.
+
+    python bench/input_pipeline.py [--folder_images=2000] [--train_steps=8]
+
+Every source decodes its whole split once, on the host, into a uint8 array
+that goes to device memory; each training step then samples, crops, flips
+and normalizes its batch on the device inside the jitted step. So the rows
+are:
+- host load: images/s of `source.load` (read + decode + resize), paid once
+  per run; `epoch x` says how many training epochs' worth of time it costs
+  (load time / time of one epoch at the measured training rate).
+- on-device batch: jit of train.sample_batch + augment.random_crop_flip +
+  augment.normalize alone, per step.
+- ResNet-20 train: the jitted train step (the above plus forward, backward
+  and update) on synthetic data, after compilation.
+The pipeline keeps up when the on-device batch rate is far above the training
+rate and the host load costs a small fraction of an epoch.
+
+Nothing is downloaded: cifar10_binary is read from --cifar_dir when it
+exists, the folder datasets are generated in a temporary directory, and tfds
+(when tensorflow-datasets is installed) is prepared there from PNG bytes.
+"""
+import argparse
+import io
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
+from resnet_jax import data, train  # pylint: disable=wrong-import-position
+from resnet_jax.data import augment, cifar10_binary, folder, synthetic  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CIFAR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
+                             'cifar-10-batches-bin')
+
+
+def timed(fn, repeats=1):
+  """Best wall time of `repeats` calls, and the last result."""
+  best, out = float('inf'), None
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = fn()
+    best = min(best, time.perf_counter() - start)
+  return best, out
+
+
+def write_folder(root, n, shape, ext, num_classes=10):
+  rng = np.random.default_rng(0)
+  for k in range(num_classes):
+    os.makedirs(os.path.join(root, 'train', f'class_{k:02d}'))
+  for i in range(n):
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    # Smooth out half the noise so PNG/JPEG sizes are closer to photos'.
+    pixels = ((pixels.astype(np.uint16) + pixels.mean((0, 1), keepdims=True)
+               .astype(np.uint16)) // 2).astype(np.uint8)
+    path = os.path.join(root, 'train', f'class_{i % num_classes:02d}',
+                        f'{i:06d}.{ext}')
+    Image.fromarray(pixels).save(path, quality=90) if ext == 'jpg' else \
+        Image.fromarray(pixels).save(path)
+
+
+def tfds_rows(tmp, n, data_config):
+  """Prepares an array_record TFDS dataset of n PNGs and times its load."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return [('tfds (array_record)', None, 'tensorflow-datasets not installed')]
+  rng = np.random.default_rng(0)
+  encoded = []
+  for _ in range(n):
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+        buffer, format='PNG')
+    encoded.append(buffer.getvalue())
+
+  class BenchImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(32, 32, 3)),
+          'label': tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, image in enumerate(encoded):
+        yield i, {'image': image, 'label': i % 10}
+
+  BenchImages(data_dir=os.path.join(tmp, 'tfds'), file_format='array_record'
+              ).download_and_prepare()
+  from resnet_jax.data import tfds as tfds_source  # pylint: disable=import-outside-toplevel
+  data_config.dir, data_config.name = os.path.join(tmp, 'tfds'), 'bench_images'
+  seconds, (images, _) = timed(lambda: tfds_source.load(data_config, 'train', 10))
+  return [('tfds (array_record, 32x32 PNG)', len(images) / seconds, f'{len(images)} images')]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--folder_images', type=int, default=2000)
+  parser.add_argument('--synthetic_images', type=int, default=10000)
+  parser.add_argument('--cifar_dir', default=DEFAULT_CIFAR)
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--train_steps', type=int, default=8)
+  parser.add_argument('--pipeline_steps', type=int, default=50)
+  args = parser.parse_args()
+
+  config = config_lib.base_config()  # ResNet-20, 32x32 RGB, 10 classes.
+  config.train.batch_size = args.batch_size
+  data_config = config.data
+  rows = []  # (what, images/s, note)
+
+  data_config.synthetic_examples = args.synthetic_images
+  seconds, (images, _) = timed(lambda: synthetic.load(data_config, 'train', 10))
+  rows.append(('synthetic', len(images) / seconds, f'{len(images)} images'))
+
+  if os.path.isdir(args.cifar_dir):
+    data_config.dir = args.cifar_dir
+    seconds, (images, _) = timed(lambda: cifar10_binary.load(data_config, 'train', 10))
+    rows.append(('cifar10_binary', len(images) / seconds, f'{len(images)} images'))
+  else:
+    rows.append(('cifar10_binary', None, f'{args.cifar_dir} absent'))
+
+  tmp = tempfile.mkdtemp(prefix='input_pipeline_')
+  try:
+    for shape, ext, what in (((32, 32), 'png', 'folder in memory, 32x32 PNG'),
+                             ((32, 32), 'jpg', 'folder in memory, 32x32 JPEG'),
+                             ((256, 256), 'jpg', 'folder in memory, 256x256 JPEG -> 32')):
+      root = os.path.join(tmp, f'{ext}{shape[0]}')
+      write_folder(root, args.folder_images, shape, ext)
+      data_config.dir = root
+      seconds, (images, _) = timed(lambda: folder.load(data_config, 'train', 10))
+      rows.append((what, len(images) / seconds,
+                   f'{len(images)} images, {os.cpu_count()} threads'))
+    rows.append(('folder streaming', None, 'not implemented: a split over '
+                 'data.max_in_memory_gb is refused'))
+    rows += tfds_rows(tmp, args.folder_images, data_config)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+  # The on-device batch: sample + crop/flip + normalize, as in the train step.
+  mesh = train.create_mesh()
+  data_config.synthetic_examples = max(args.synthetic_images, 4 * args.batch_size)
+  images, labels = synthetic.load(data_config, 'train', 10)
+  train_data = train.put_replicated({'image': images, 'label': labels}, mesh)
+  normalization = data.channel_stats(images)
+  order_key, augment_key = jax.random.split(jax.random.key(0))
+
+  @jax.jit
+  def pipeline(train_data, step):
+    batch = train.sample_batch(train_data, step, order_key, args.batch_size)
+    out = augment.random_crop_flip(jax.random.fold_in(augment_key, step),
+                                   batch['image'])
+    return augment.normalize(out, *normalization), batch['label']
+
+  jax.block_until_ready(pipeline(train_data, 0))
+  def run_pipeline():
+    for step in range(1, args.pipeline_steps + 1):
+      out = pipeline(train_data, step)
+    return jax.block_until_ready(out)
+  seconds, _ = timed(run_pipeline, repeats=2)
+  rows.append(('on-device batch (sample+crop+flip+normalize)',
+               args.pipeline_steps * args.batch_size / seconds,
+               f'batch {args.batch_size}'))
+
+  model = train.create_model(config)
+  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  train_fn = train.make_train_fn(config, mesh, normalization)
+  state, metrics = train_fn(state, train_data)  # Compiles.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(args.train_steps):
+    state, metrics = train_fn(state, train_data)
+  jax.block_until_ready(metrics)
+  train_rate = args.train_steps * args.batch_size / (time.perf_counter() - start)
+  rows.append(('ResNet-20 train step (incl. on-device batch)', train_rate,
+               f'batch {args.batch_size}, {args.train_steps} steps'))
+
+  device = jax.devices()[0]
+  print(f'command: python {" ".join(sys.argv)}')
+  print(f'python {platform.python_version()}, jax {jax.__version__}, '
+        f'Pillow {Image.__version__}, numpy {np.__version__}, '
+        f'device {device.platform}:{device.device_kind} x{jax.device_count()}, '
+        f'{os.cpu_count()} CPU cores')
+  print()
+  print(f'| {"what":46} | {"images/s":>9} | {"epoch x":>7} | note |')
+  print(f'|{"-" * 48}|{"-" * 11}|{"-" * 9}|------|')
+  for what, rate, note in rows:
+    rate_text = f'{rate:9,.0f}' if rate else f'{"-":>9}'
+    # Host loads run once: their cost in epochs of training at train_rate.
+    host = rate and not what.startswith(('on-device', 'ResNet'))
+    epochs = f'{train_rate / rate:7.3f}' if host else f'{"":7}'
+    print(f'| {what:46} | {rate_text} | {epochs} | {note} |')
+
+
+if __name__ == '__main__':
+  main()
