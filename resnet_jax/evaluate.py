@@ -1,9 +1,14 @@
-"""--mode=evaluate: a restored checkpoint on a whole split of the data."""
+"""--mode=evaluate: a restored checkpoint on a whole split of the data.
+
+Besides the metrics, prints per-class accuracy and writes it, with a
+confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/ (see predict.py).
+"""
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
-from resnet_jax import checkpoint, data, train
+from resnet_jax import checkpoint, data, predict, train
 from resnet_jax import config as config_lib
+from resnet_jax.errors import DataError
 
 
 def restore_for_inference(config, workdir: str, which: str, mesh):
@@ -32,9 +37,16 @@ def evaluate(config, workdir: str, which: str = 'best',
   mesh = train.create_mesh()
   state, step, meta = restore_for_inference(config, workdir, which, mesh)
   examples = data.load_splits(config, (split,))[split]
+  names = list(data.class_names(config))
+  if names != meta['class_names']:
+    raise DataError(f'the data\'s classes {names[:5]}... differ from those '
+                    f'checkpoint {step} was trained on '
+                    f'{meta["class_names"][:5]}...: accuracy would be wrong')
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  eval_data = train.put_eval_chunks(examples, config.train.eval_batch_size, mesh)
-  metrics = train.evaluate(train.make_eval_fn(normalization), state, eval_data)
+  metrics, _, predictions = predict.predict_split(
+      state, examples, normalization, config.train.eval_batch_size, mesh)
+  predict.write_confusion(workdir, split, step, examples.labels, predictions,
+                          meta['class_names'])
   return {'split': split, 'accuracy': metrics['accuracy'],
           'loss': metrics['loss'], 'num_examples': metrics['num_examples'],
           'step': step}

@@ -1,6 +1,7 @@
 """The one entry point: python -m resnet_jax.main --config=... --workdir=...
 
-Modes: train (resumes when the workdir has a checkpoint) and evaluate.
+Modes: train (resumes when the workdir has a checkpoint), evaluate, samples,
+predict and plot_schedule.
 """
 import json
 import os
@@ -11,10 +12,10 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import evaluate, train
+from resnet_jax import evaluate, predict, reporting, train
 from resnet_jax.errors import UserError
 
-MODES = ('train', 'evaluate')
+MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
 
 config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override keys with --config.KEY=VALUE.',
@@ -22,19 +23,30 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None, 'Checkpoints, config and metrics go here.')
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('checkpoint', 'best',
-                    'evaluate: best (validation accuracy), best_loss, latest or '
-                    'a step number.')
+                    'evaluate, samples, predict: best (validation accuracy), '
+                    'best_loss, latest or a step number.')
 flags.DEFINE_enum('split', 'test', ('test', 'val', 'train'),
-                  'evaluate: the split to evaluate.')
+                  'evaluate, samples: the split to use.')
 flags.DEFINE_integer('stop_at_step', 0,
                      'train: stop at this step with a checkpoint (0: run to '
                      'train.steps); rerun the same command to continue.')
+flags.DEFINE_bool('restart', False,
+                  'train: move what the workdir holds into WORKDIR/archive-TIME/ '
+                  'and start from step 0, even with another architecture.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-host: HOST:PORT of process 0. Under SLURM (more than '
                     'one task) all three multi-host flags come from its '
                     'environment.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0-based.')
+flags.DEFINE_integer('num_samples', 16,
+                     'samples: how many random images of --split to show.')
+flags.DEFINE_integer('seed', None,
+                     'samples: seed of the random pick (default: config seed).')
+flags.DEFINE_string('images', None,
+                    'predict: image files and/or folders, comma-separated.')
+flags.DEFINE_bool('json', False,
+                  'samples, predict: print one JSON object instead of a table.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -89,13 +101,25 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
   try:
     if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step)
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step,
+                               FLAGS.restart)
+    elif FLAGS.mode == 'samples':
+      predict.samples(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                      FLAGS.split, FLAGS.num_samples, FLAGS.seed, FLAGS.json)
+    elif FLAGS.mode == 'predict':
+      predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                      FLAGS.images, FLAGS.json)
+    elif FLAGS.mode == 'plot_schedule':
+      print(reporting.write_schedule_plot(FLAGS.config, FLAGS.workdir))
     else:
       result = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
                                  FLAGS.split)
       print(json.dumps(result))
   except UserError as e:
     _exit_with(str(e))
+  except train.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':

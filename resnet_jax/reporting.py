@@ -21,9 +21,13 @@ import os
 import statistics
 import struct
 import sys
+import time
 
 import jax
 import numpy as np
+
+from resnet_jax import config as config_lib
+from resnet_jax import optim
 
 # Plot size in pixels: FIGSIZE inches at DPI.
 DPI = 100
@@ -31,7 +35,8 @@ FIGSIZE = (6.4, 4.0)
 PLOTS = ('loss.png', 'accuracy.png', 'learning_rate.png')
 # CSV columns in this order; keys a record adds beyond these follow, sorted.
 COLUMNS = ('step', 'epoch', 'train_loss', 'train_accuracy', 'val_loss',
-           'val_accuracy', 'train_learning_rate', 'images_per_sec')
+           'val_accuracy', 'train_learning_rate', 'images_per_sec',
+           'skipped_steps')
 # Schedule plots evaluate the schedule at no more than this many steps.
 SCHEDULE_POINTS = 4001
 
@@ -121,8 +126,8 @@ class Reporter:
     except Exception as e:  # Reporting must never stop training.
       if what not in self._warned:
         self._warned.add(what)
-        print(f'warning: {what} failed and is skipped from now on: '
-              f'{type(e).__name__}: {e}', file=sys.stderr)
+        print(f'warning: {what} failed (training goes on; later failures '
+              f'are not reported): {type(e).__name__}: {e}', file=sys.stderr)
       if what == 'tensorboard':
         self._tb = None
 
@@ -132,12 +137,15 @@ class Reporter:
     self._columns = csv_columns(history)
 
   def _open_tensorboard(self):
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX import SummaryWriter
     # On resume, TensorBoard hides the events from earlier runs past the
     # restored step, as the JSON lines drop them.
+    # The suffix keeps a resume within the same second (the file name's
+    # timestamp) from overwriting the previous file, and sorts after it.
     self._tb = SummaryWriter(
         os.path.join(self.workdir, 'tensorboard'),
-        purge_step=self.resume_step + 1 if self.resume_step else None)
+        purge_step=self.resume_step + 1 if self.resume_step else None,
+        filename_suffix=f'.{time.time_ns()}')
     if not self.resume_step:
       self._tb.add_text('config', '```\n' + self.config.to_json_best_effort(
           indent=2) + '\n```', 0)
@@ -200,7 +208,7 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
   A plain TFRecord reader (no TensorFlow), for tests and quick checks.
   """
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto import event_pb2
   out = {}
   for root, _, files in os.walk(logdir):
     for name in sorted(files):
@@ -225,7 +233,7 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 def _figure():
   """A pyplot-free Agg figure: no global state, safe in any thread."""
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib.figure import Figure
   return Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
 
 
@@ -269,11 +277,14 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
 
 def schedule_points(train_config):
   """(steps, rates) of `optim.create_schedule`, evaluated on the CPU."""
-  from resnet_jax import optim  # pylint: disable=import-outside-toplevel
   steps = np.unique(np.linspace(0, train_config.steps,
                                 SCHEDULE_POINTS).astype(np.int64))
   schedule = optim.create_schedule(train_config)
-  with jax.default_device(jax.local_devices(backend='cpu')[0]):
+  try:  # A few thousand scalars: not worth an accelerator round trip.
+    device = jax.local_devices(backend='cpu')[0]
+  except RuntimeError:  # JAX_PLATFORMS without cpu.
+    device = jax.local_devices()[0]
+  with jax.default_device(device):
     rates = np.asarray(jax.device_get(schedule(steps)), np.float64)
   return steps, rates
 
@@ -381,3 +392,16 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
             '## Plots', '']
   lines += [f'![{name[:-4]}](plots/{name})' for name in PLOTS]
   return '\n'.join(lines) + '\n'
+
+
+def write_schedule_plot(config, workdir: str) -> str:
+  """--mode=plot_schedule: WORKDIR/plots/learning_rate.png, before training.
+
+  Needs no data, model or checkpoint; any history already in the workdir is
+  drawn on top.
+  """
+  config_lib.validate(config)
+  history = (read_history(workdir)
+             if os.path.exists(os.path.join(workdir, 'metrics.jsonl')) else [])
+  path = os.path.join(workdir, 'plots', 'learning_rate.png')
+  return plot_schedule(config, path, history=history)

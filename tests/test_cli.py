@@ -56,6 +56,7 @@ def test_train_on_cifar_binary_then_evaluate_a_test_only_folder(
   only_test = tmp_path / 'only_test'
   only_test.mkdir()
   write_cifar_bin(only_test / 'test_batch.bin', *arrays['test_batch.bin'])
+  (only_test / 'batches.meta.txt').write_text((folder / 'batches.meta.txt').read_text())
   config.data.dir = str(only_test)
   result = run_cli(cli_args(config, tmp_path / 'w', '--mode=evaluate'))
   assert result.returncode == 0, result.stderr
@@ -105,7 +106,7 @@ def test_bad_config_values(tmp_path, override, message):
     ('--config.model.depth=3', 'unknown config key --config.model.depth; keys of model: '),
     ('--config.optim.lr=3', 'unknown config key --config.optim.lr; keys of the config: '),
     ('--config.model.num_layers=abc', 'invalid literal for int()'),
-    ('--mode=fly', 'value should be one of <train|evaluate>'),
+    ('--mode=fly', 'value should be one of <train|evaluate|samples|predict|plot_schedule>'),
 ])
 def test_bad_flags(tmp_path, flag, message):
   result = run_cli(cli_args(tiny_config(), tmp_path / 'w', flag))
@@ -130,3 +131,16 @@ def test_bad_data_files(tmp_path, defect, message):
                           'data.image_size': 32})
   result = run_cli(cli_args(config, tmp_path / 'w'))
   assert_one_line_error(result, message)
+
+
+def test_evaluate_refuses_data_with_other_class_names(tmp_path, cifar_dir):
+  folder, arrays = cifar_dir
+  config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': str(folder),
+                          'data.image_size': 32, 'train.batch_size': 4,
+                          'train.steps': 2, 'train.warmup_steps': 0,
+                          'train.eval_every': 2, 'data.val_fraction': 0.3})
+  train.train_and_evaluate(config, str(tmp_path / 'w'))
+  (folder / 'batches.meta.txt').write_text(
+      '\n'.join(f'other{k}' for k in range(10)) + '\n')
+  result = run_cli(cli_args(config, tmp_path / 'w', '--mode=evaluate'))
+  assert_one_line_error(result, "differ from those checkpoint 2 was trained on")

@@ -1,0 +1,351 @@
+"""Per-example predictions of a restored checkpoint.
+
+- `--mode=samples`: K seeded random images of a split, ground truth and
+  prediction side by side, and a labelled image grid PNG.
+- `--mode=predict`: top-5 classes of image files, decoded as the folder data
+  source decodes them.
+- `--mode=evaluate` (see evaluate.py): the confusion matrix and per-class
+  accuracy, from `predict_split`.
+
+Images are normalized with the statistics stored in the checkpoint and named
+with its class names, so nothing depends on the training data being present.
+Files go to WORKDIR/eval/SPLIT_stepSTEP/ (process 0 only); checkpoints are
+never touched.
+"""
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import data, evaluate, train
+from resnet_jax import config as config_lib
+from resnet_jax.data import augment, folder
+from resnet_jax.errors import ConfigError, DataError
+
+TOP_K = 5
+DPI = 100
+# Samples grid: inches per tile.
+TILE_WIDTH, TILE_HEIGHT = 1.8, 2.0
+
+
+def make_predict_fn(normalization, mesh):
+  """Jitted (state, eval_data) -> (sums, probabilities, predictions).
+
+  One pass over the padded chunks of `train.put_eval_chunks`: the masked sums
+  of `train.eval_step` (loss, correct, count) and, per example, the softmax
+  probabilities (chunks, batch, classes) and the argmax of the logits
+  (chunks, batch). Outputs are replicated, so every process holds them all.
+  """
+
+  def predict_fn(state, eval_data):
+    def body(totals, batch):
+      images = augment.normalize(batch['image'], *normalization)
+      logits = state.apply_fn(
+          {'params': state.params, 'batch_stats': state.batch_stats}, images,
+          train=False)
+      predictions = jnp.argmax(logits, -1)
+      mask = batch['mask']
+      loss = train.cross_entropy(logits, batch['label'])
+      sums = {'loss': jnp.sum(loss * mask),
+              'correct': jnp.sum((predictions == batch['label']) * mask),
+              'count': jnp.sum(mask)}
+      probabilities = jax.nn.softmax(logits.astype(jnp.float32), -1)
+      return jax.tree.map(jnp.add, totals, sums), (probabilities, predictions)
+    zeros = jax.tree.map(jnp.asarray, {'loss': 0.0, 'correct': 0, 'count': 0})
+    return jax.lax.scan(body, zeros, eval_data)
+
+  return jax.jit(predict_fn, out_shardings=NamedSharding(mesh, P()))
+
+
+def predict_split(state, split: data.Split, normalization, batch_size: int,
+                  mesh):
+  """(metrics, probabilities (N, C), predictions (N,)) for every example."""
+  eval_data = train.put_eval_chunks(split, batch_size, mesh)
+  sums, (probabilities, predictions) = jax.device_get(
+      make_predict_fn(normalization, mesh)(state, eval_data))
+  count = int(sums['count'])
+  metrics = {'loss': float(sums['loss']) / count,
+             'accuracy': float(sums['correct']) / count, 'num_examples': count}
+  n = len(split)
+  return (metrics, probabilities.reshape(-1, probabilities.shape[-1])[:n],
+          predictions.reshape(-1)[:n])
+
+
+def _restore(config, workdir, which):
+  config_lib.validate(config)
+  mesh = train.create_mesh()
+  state, step, meta = evaluate.restore_for_inference(config, workdir, which,
+                                                     mesh)
+  normalization = (meta['normalization']['mean'], meta['normalization']['std'])
+  return state, step, meta, normalization, mesh
+
+
+def output_dir(workdir: str, split: str, step: int) -> str:
+  return os.path.join(workdir, 'eval', f'{split}_step{step}')
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+# --mode=evaluate: confusion matrix --------------------------------------------
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+  """counts[true, predicted]."""
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+  return counts
+
+
+def per_class_table(counts, class_names) -> list[dict]:
+  totals = counts.sum(1)
+  return [{'class': name, 'label': k, 'correct': int(counts[k, k]),
+           'count': int(totals[k]),
+           'accuracy': float(counts[k, k] / totals[k]) if totals[k] else None}
+          for k, name in enumerate(class_names)]
+
+
+def format_per_class(rows) -> str:
+  width = max([len('class')] + [len(r['class']) for r in rows])
+  lines = [f'{"class":<{width}}  accuracy  correct/count']
+  for r in rows:
+    accuracy = 'n/a' if r['accuracy'] is None else f'{r["accuracy"]:.4f}'
+    lines.append(f'{r["class"]:<{width}}  {accuracy:>8}  '
+                 f'{r["correct"]}/{r["count"]}')
+  return '\n'.join(lines)
+
+
+def confusion_figsize(num_classes: int) -> tuple[float, float]:
+  side = min(max(5.0, 0.5 * num_classes + 2.0), 20.0)
+  return side, side
+
+
+def plot_confusion(counts, class_names, path, title=''):
+  """Rows: true class, columns: predicted; colour is the row fraction."""
+  from matplotlib.figure import Figure
+  num_classes = len(class_names)
+  fig = Figure(figsize=confusion_figsize(num_classes), dpi=DPI,
+               layout='constrained')
+  ax = fig.add_subplot()
+  totals = np.maximum(counts.sum(1, keepdims=True), 1)
+  fractions = counts / totals
+  image = ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
+  fig.colorbar(image, ax=ax, shrink=0.8, label='fraction of the true class')
+  if num_classes <= 30:
+    for i in range(num_classes):
+      for j in range(num_classes):
+        if counts[i, j]:
+          ax.text(j, i, str(counts[i, j]), ha='center', va='center',
+                  fontsize=8,
+                  color='white' if fractions[i, j] > 0.5 else 'black')
+  if num_classes <= 50:
+    ax.set_xticks(range(num_classes), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(num_classes), class_names, fontsize=8)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title)
+  fig.savefig(path)
+  return path
+
+
+def write_confusion(workdir, split, step, labels, predictions, class_names):
+  """Prints per-class accuracy; writes the PNG and JSON. Returns the folder."""
+  counts = confusion_matrix(labels, predictions, len(class_names))
+  rows = per_class_table(counts, class_names)
+  if not _is_writer():
+    return None
+  print(format_per_class(rows))
+  folder_path = output_dir(workdir, split, step)
+  os.makedirs(folder_path, exist_ok=True)
+  with open(os.path.join(folder_path, 'per_class_accuracy.json'), 'w') as f:
+    json.dump({'split': split, 'step': step,
+               'num_examples': int(counts.sum()),
+               'accuracy': float(np.trace(counts) / counts.sum()),
+               'classes': rows, 'confusion_matrix': counts.tolist()},
+              f, indent=1)
+  accuracy = np.trace(counts) / counts.sum()
+  try:
+    plot_confusion(counts, class_names,
+                   os.path.join(folder_path, 'confusion_matrix.png'),
+                   title=f'{split}, step {step}: accuracy {accuracy:.4f}')
+  except Exception as e:  # The metrics still count without the picture.
+    print(f'warning: confusion matrix plot failed: {type(e).__name__}: {e}',
+          file=sys.stderr)
+  print(f'per-class accuracy and confusion matrix: {folder_path}/')
+  return folder_path
+
+
+# --mode=samples -------------------------------------------------------------
+
+
+def samples(config, workdir: str, which: str = 'best', split: str = 'test',
+            num_samples: int = 16, seed=None, as_json: bool = False) -> dict:
+  """K random images of `split` (seeded), truth and prediction, and a grid."""
+  if num_samples < 1:
+    raise ConfigError(f'--num_samples={num_samples} must be >= 1')
+  seed = config.seed if seed is None else seed
+  state, step, meta, normalization, mesh = _restore(config, workdir, which)
+  examples = data.load_splits(config, (split,))[split]
+  class_names = meta['class_names']
+  count = min(num_samples, len(examples))
+  indices = np.random.default_rng(seed).choice(len(examples), count,
+                                               replace=False)
+  chosen = data.Split(examples.images[indices], examples.labels[indices])
+  _, probabilities, predictions = predict_split(
+      state, chosen, normalization, config.train.eval_batch_size, mesh)
+  rows = [{'index': int(i), 'label': class_names[int(y)],
+           'prediction': class_names[int(p)],
+           'probability': float(probabilities[n, p]), 'correct': bool(y == p)}
+          for n, (i, y, p) in enumerate(zip(indices, chosen.labels,
+                                            predictions))]
+  correct = sum(r['correct'] for r in rows)
+  path = os.path.join(output_dir(workdir, split, step),
+                      f'samples_seed{seed}_n{count}.png')
+  result = {'split': split, 'step': step, 'seed': seed, 'num_samples': count,
+            'correct': correct, 'image': path, 'samples': rows}
+  if not _is_writer():
+    return result
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  plot_samples(chosen.images, rows, path,
+               title=f'{split}, step {step}, seed {seed}: {correct}/{count} '
+                     'correct')
+  if as_json:
+    print(json.dumps(result))
+  else:
+    print(format_samples(rows))
+    print(f'{correct}/{count} correct ({correct / count:.1%}) on {split}, '
+          f'checkpoint step {step}, seed {seed}; grid: {path}')
+  return result
+
+
+def format_samples(rows) -> str:
+  index_w = max(len('index'), *(len(str(r['index'])) for r in rows))
+  truth_w = max(len('truth'), *(len(r['label']) for r in rows))
+  pred_w = max(len('prediction'), *(len(r['prediction']) for r in rows))
+  lines = [f'{"index":>{index_w}}  {"truth":<{truth_w}}  '
+           f'{"prediction":<{pred_w}}  probability']
+  for r in rows:
+    mark = '' if r['correct'] else '  x'
+    lines.append(f'{r["index"]:>{index_w}}  {r["label"]:<{truth_w}}  '
+                 f'{r["prediction"]:<{pred_w}}  {r["probability"]:11.4f}{mark}')
+  return '\n'.join(lines)
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+  cols = math.ceil(math.sqrt(count))
+  return math.ceil(count / cols), cols
+
+
+def plot_samples(images, rows, path, title=''):
+  """A grid of the images, each titled truth / prediction (green if right)."""
+  from matplotlib.figure import Figure
+  num_rows, num_cols = grid_shape(len(rows))
+  fig = Figure(figsize=(num_cols * TILE_WIDTH, num_rows * TILE_HEIGHT),
+               dpi=DPI, layout='constrained')
+  axes = fig.subplots(num_rows, num_cols, squeeze=False)
+  for n, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if n >= len(rows):
+      continue
+    image = images[n]
+    if image.shape[-1] == 1:
+      ax.imshow(image[..., 0], cmap='gray', vmin=0, vmax=255,
+                interpolation='nearest')
+    else:
+      ax.imshow(image, interpolation='nearest')
+    r = rows[n]
+    ax.set_title(f'{r["label"]}\n→ {r["prediction"]} '
+                 f'({r["probability"]:.2f})', fontsize=8,
+                 color='green' if r['correct'] else 'red')
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.savefig(path)
+  return path
+
+
+# --mode=predict -------------------------------------------------------------
+
+
+def image_paths(spec: str) -> list[str]:
+  """Comma-separated files and folders to image files, in order.
+
+  A folder gives its .png/.jpg/.jpeg files (recursively, sorted, hidden
+  entries skipped, as the folder data source lists them).
+  """
+  paths = [p.strip() for p in (spec or '').split(',') if p.strip()]
+  if not paths:
+    raise DataError('--mode=predict needs --images=PATH[,PATH...] (image files '
+                    'or folders)')
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = []
+      for root, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        found += [os.path.join(root, f) for f in sorted(names)
+                  if not f.startswith('.')
+                  and f.lower().endswith(folder.EXTENSIONS)]
+      if not found:
+        raise DataError(f'{path} is a folder without any '
+                        f'{"/".join(folder.EXTENSIONS)} image')
+      files += found
+    elif os.path.isfile(path):
+      files.append(path)
+    else:
+      raise DataError(f'{path}: no such image file or folder (--images)')
+  return files
+
+
+def decode_images(paths, image_size: int, grayscale: bool) -> np.ndarray:
+  """uint8 (N, S, S, C) exactly as the folder data source decodes them."""
+  images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+  for i, path in enumerate(paths):
+    try:
+      images[i] = folder.decode(path, image_size)
+    except Exception as e:  # Pillow raises many types for a bad file.
+      message = f'{type(e).__name__}: {e}'.replace('\n', ' ')
+      raise DataError(f'{path} is not a readable image ({message})') from None
+  return data._to_channels(images, grayscale)
+
+
+def predict(config, workdir: str, which: str = 'best', images: str = '',
+            as_json: bool = False) -> list[dict]:
+  """Top-5 classes with probabilities for each image file."""
+  paths = image_paths(images)  # Bad paths fail before the model loads.
+  decoded = decode_images(paths, config.data.image_size, config.data.grayscale)
+  state, step, meta, normalization, mesh = _restore(config, workdir, which)
+  class_names = meta['class_names']
+  split = data.Split(decoded, np.zeros(len(paths), np.int32))
+  _, probabilities, _ = predict_split(
+      state, split, normalization, config.train.eval_batch_size, mesh)
+  k = min(TOP_K, len(class_names))
+  results = []
+  for path, p in zip(paths, probabilities):
+    top = np.argsort(-p, kind='stable')[:k]
+    results.append({'path': path, 'top': [
+        {'class': class_names[int(c)], 'label': int(c),
+         'probability': float(p[c])} for c in top]})
+  if _is_writer():
+    if as_json:
+      print(json.dumps({'step': step, 'predictions': results}))
+    else:
+      print(format_predictions(results))
+      print(f'checkpoint step {step}')
+  return results
+
+
+def format_predictions(results) -> str:
+  width = max(len('class'), *(len(t['class']) for r in results
+                              for t in r['top']))
+  lines = []
+  for r in results:
+    lines.append(r['path'])
+    for rank, t in enumerate(r['top'], start=1):
+      lines.append(f'  {rank}. {t["class"]:<{width}}  {t["probability"]:.4f}')
+  return '\n'.join(lines)
