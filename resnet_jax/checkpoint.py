@@ -3,8 +3,10 @@ accuracy and the best by validation loss, each with a JSON record of the
 architecture, normalization and class names it was trained with.
 """
 import os
+import time
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -12,6 +14,10 @@ from resnet_jax import config as config_lib
 from resnet_jax.errors import CheckpointError
 
 SELECTIONS = ('best', 'best_loss', 'latest')
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's files are missing or unreadable."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -90,8 +96,7 @@ def restore_meta(manager, step: int, config) -> dict:
     meta = manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
   except Exception as e:  # Orbax raises several types for missing files.
-    raise CheckpointError(f'checkpoint {step} in {manager.directory} is '
-                          f'unreadable: {type(e).__name__}: {e}') from None
+    raise _corrupt(manager, step, e) from None
   expected = architecture(config)
   saved = meta.get('architecture', {})
   diffs = [f'{k}={saved.get(k)!r} (config: {v!r})'
@@ -104,6 +109,15 @@ def restore_meta(manager, step: int, config) -> dict:
 
 def restore_state(manager, step: int, target):
   """Restores the train state into the shapes and shardings of `target`."""
+  # Orbax's metadata tree and the TrainState differ in container types, so
+  # compare what matters, the arrays: an optimizer change alters them.
+  shapes = lambda tree: sorted((tuple(x.shape), str(x.dtype))
+                               for x in jax.tree.leaves(tree))
+  saved = shapes(_state_metadata(manager, step))
+  if saved != shapes(target):
+    raise CheckpointError(
+        f'checkpoint {step} in {manager.directory} holds another train state '
+        '(was train.optimizer changed?); rerun with --restart to start over')
   try:
     return manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
@@ -111,21 +125,56 @@ def restore_state(manager, step: int, target):
             restore_args=ocp.checkpoint_utils.construct_restore_args(target))
     ))['state']
   except Exception as e:
-    raise CheckpointError(f'checkpoint {step} in {manager.directory} does not '
-                          f'match the configured train state (another '
-                          f'train.optimizer?): {type(e).__name__}: '
-                          f'{str(e).splitlines()[0] if str(e) else ""}') from None
+    raise _corrupt(manager, step, e) from None
 
 
 def restore_variables(manager, step: int, sharding):
   """Restores only params and batch_stats, whatever the optimizer was."""
-  saved = manager.item_metadata(step)['state']
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-      {'params': saved['params'], 'batch_stats': saved['batch_stats']})
-  # Partial restore: the optimizer state on disk is left unread.
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item=target, partial_restore=True,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  saved = _state_metadata(manager, step)
+  try:
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        {'params': saved['params'], 'batch_stats': saved['batch_stats']})
+    # Partial restore: the optimizer state on disk is left unread.
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  except Exception as e:
+    raise _corrupt(manager, step, e) from None
   return restored['state']
+
+
+def _state_metadata(manager, step: int):
+  """The saved train state's array metadata tree (shapes, dtypes)."""
+  try:
+    saved = manager.item_metadata(step)['state']
+  except Exception as e:
+    raise _corrupt(manager, step, e) from None
+  if not saved:  # Orbax returns None when the metadata file is gone.
+    raise _corrupt(manager, step, FileNotFoundError('no state metadata'))
+  return saved
+
+
+def quarantine(manager, step: int, workdir: str) -> str:
+  """Moves an unreadable checkpoint out of the manager's way (not deleted)."""
+  target = os.path.join(workdir, 'corrupt_checkpoints',
+                        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(os.path.join(manager.directory, str(step)), target)
+  multihost_sync('quarantine')
+  manager.reload()
+  return target
+
+
+def multihost_sync(name: str):
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _corrupt(manager, step, error) -> CorruptCheckpointError:
+  first_line = (str(error).splitlines() or [''])[0][:200]
+  return CorruptCheckpointError(
+      f'checkpoint {step} in {manager.directory} is unreadable: '
+      f'{type(error).__name__}: {first_line}')

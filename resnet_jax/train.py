@@ -5,9 +5,10 @@ epoch, the augmentation from the step. A checkpoint therefore needs only the
 train state to resume exactly.
 """
 import functools
-import json
 import math
 import os
+import signal
+import sys
 import time
 from typing import Any
 
@@ -16,13 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from resnet_jax import checkpoint, data, models, optim, reporting
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, UserError
+
+
+class TrainingDiverged(UserError):
+  """A non-finite loss or gradient, with train.on_nonfinite=stop."""
 
 
 class TrainState(train_state.TrainState):
@@ -76,8 +82,15 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, batch_stats)), grads = grad_fn(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  # Overflow can show in the loss, the gradients, or only after the update.
+  finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+      (loss, grads, updated.params, updated.batch_stats))]))
+  # A non-finite step only advances the step (and so the data order).
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                           updated, state.replace(step=state.step + 1))
   metrics = {
+      'finite': finite,
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
       'learning_rate': learning_rate_fn(state.step),
@@ -180,11 +193,95 @@ def evaluate(eval_fn, state, eval_data) -> dict:
           'accuracy': float(sums['correct']) / count, 'num_examples': count}
 
 
-def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
+class Interrupted(Exception):
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
+
+  def __init__(self, signum: int, step: int, directory: str):
+    self.signum = signum
+    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}; '
+                     f'checkpoint saved in {directory}; rerun the same command '
+                     'to resume')
+
+
+class StopSignals:
+  """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop polls."""
+
+  def __enter__(self):
+    self.signum = 0
+    self._previous = {s: signal.signal(s, self._handle)
+                      for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  def any_process_stopping(self) -> int:
+    """The signal if this or any other process got one (a collective)."""
+    if jax.process_count() == 1:
+      return self.signum
+    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
+
+
+def restore_or_init(manager, config, state, workdir):
+  """Resumes from the newest intact checkpoint, else starts at step 0.
+
+  An unreadable checkpoint (a kill during a save, a truncated file) is moved
+  to WORKDIR/corrupt_checkpoints/ with a warning, never deleted. A readable
+  one written for another architecture or optimizer is an error.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      checkpoint.restore_meta(manager, step, config)
+      state = checkpoint.restore_state(manager, step, state)
+    except checkpoint.CorruptCheckpointError as e:
+      moved = checkpoint.quarantine(manager, step, workdir)
+      print(f'warning: skipping checkpoint {step} ({e}); moved it to {moved}',
+            file=sys.stderr)
+      continue
+    if jax.process_index() == 0:
+      print(f'Resuming from step {step} in {manager.directory}')
+    return state, step
+  return state, 0
+
+
+def check_finite(fetched, first_step, on_nonfinite):
+  """Stops the run at the first non-finite step, unless told to skip those."""
+  bad = [first_step + i for i, m in enumerate(fetched) if not m['finite']]
+  if bad and on_nonfinite == 'stop':
+    raise TrainingDiverged(
+        f'non-finite loss or gradient at step {bad[0]}; the update was not '
+        'applied and the last good checkpoint is kept (lower '
+        'train.learning_rate, or set train.on_nonfinite=skip)')
+  if bad:
+    print(f'warning: skipped non-finite steps {bad}', file=sys.stderr)
+  return len(bad)
+
+
+def archive_previous_run(workdir: str) -> str:
+  """Moves a workdir's contents to WORKDIR/archive-TIME/: a fresh start that
+  deletes nothing."""
+  names = [n for n in os.listdir(workdir) if not n.startswith('archive-')]
+  target = os.path.join(workdir, f'archive-{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0 and names:
+    os.makedirs(target)
+    for name in names:
+      os.rename(os.path.join(workdir, name), os.path.join(target, name))
+  checkpoint.multihost_sync('archive')
+  return target
+
+
+def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
+                       restart: bool = False) -> dict:
   """Trains (or resumes) in `workdir`; returns the last validation metrics.
 
   `stop_at_step` > 0 ends the run early at that step with a checkpoint, as a
   time-limited job would; the same command later continues from there.
+  `restart` archives what the workdir holds and starts from step 0.
   """
   run_start = time.perf_counter()
   config_lib.validate(config)
@@ -201,14 +298,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
   model = create_model(config)
   state = create_train_state(config, model, jax.random.key(config.seed), mesh)
 
+  if restart and os.path.isdir(workdir):
+    print(f'--restart: moved the previous run to {archive_previous_run(workdir)}')
   manager = checkpoint.create_manager(workdir)
   meta = checkpoint.make_meta(config, normalization, class_names)
-  start = manager.latest_step() or 0
-  if start:
-    checkpoint.restore_meta(manager, start, config)
-    state = checkpoint.restore_state(manager, start, state)
-    if jax.process_index() == 0:
-      print(f'Resuming from step {start} in {manager.directory}')
+  state, start = restore_or_init(manager, config, state, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -223,44 +317,70 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0) -> dict:
   total_steps = config.train.steps
   end = min(total_steps, stop_at_step) if stop_at_step else total_steps
   steps_per_epoch = len(splits['train']) // config.train.batch_size
-  pending, last_log, images_per_sec, val = [], None, None, {}
+  pending, last_log, images_per_sec, val, skipped = [], None, None, {}, 0
+  saved_step = start
   bar = tqdm(total=total_steps, initial=start, unit='step', dynamic_ncols=True,
              disable=jax.process_index() != 0)
-  for step in range(start + 1, end + 1):
-    state, metrics = train_fn(state, train_data)
-    pending.append(metrics)
-    if step % config.train.log_every == 0 or step == end:
-      fetched = jax.device_get(pending)
-      now = time.perf_counter()
-      if last_log is not None:  # The first interval includes compilation.
-        images_per_sec = (len(pending) * config.train.batch_size
-                          / (now - last_log))
-      last_log = now
-      record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      record['learning_rate'] = float(fetched[-1]['learning_rate'])
-      reporter.write({'step': step, 'epoch': step / steps_per_epoch,
-                     **{f'train_{k}': v for k, v in record.items()},
-                     'images_per_sec': images_per_sec})
-      bar.set_postfix(loss=f'{record["loss"]:.3f}',
-                      acc=f'{record["accuracy"]:.3f}',
-                      lr=f'{record["learning_rate"]:.4f}',
-                      img_s=f'{images_per_sec or 0:.0f}')
-      bar.update(step - bar.n)
-      pending = []
-    if step % config.train.eval_every == 0 or step == end:
-      val = evaluate(eval_fn, state, val_data)
-      reporter.write({'step': step, 'epoch': step / steps_per_epoch,
-                     'val_loss': val['loss'], 'val_accuracy': val['accuracy']})
-      reporter.evaluated()
-      if jax.process_index() == 0:
-        bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
-                  f'val_accuracy {val["accuracy"]:.4f}')
-      checkpoint.save(manager, step, state, meta, metrics={
-          'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
-      last_log = time.perf_counter()  # Evaluation time is not training time.
-  bar.close()
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    with StopSignals() as signals:
+      for step in range(start + 1, end + 1):
+        state, metrics = train_fn(state, train_data)
+        pending.append(metrics)
+        log_now = step % config.train.log_every == 0 or step == end
+        if log_now:
+          fetched = jax.device_get(pending)
+          skipped += check_finite(fetched, step - len(fetched) + 1,
+                                  config.train.on_nonfinite)
+          now = time.perf_counter()
+          if last_log is not None:  # The first interval includes compilation.
+            images_per_sec = (len(pending) * config.train.batch_size
+                              / (now - last_log))
+          last_log = now
+          record = {k: float(np.mean([m[k] for m in fetched]))
+                    for k in ('loss', 'accuracy')}
+          record['learning_rate'] = float(fetched[-1]['learning_rate'])
+          reporter.write({'step': step, 'epoch': step / steps_per_epoch,
+                          **{f'train_{k}': v for k, v in record.items()},
+                          'images_per_sec': images_per_sec,
+                          'skipped_steps': skipped})
+          bar.set_postfix(loss=f'{record["loss"]:.3f}',
+                          acc=f'{record["accuracy"]:.3f}',
+                          lr=f'{record["learning_rate"]:.4f}',
+                          img_s=f'{images_per_sec or 0:.0f}')
+          bar.update(step - bar.n)
+          pending = []
+        if step % config.train.eval_every == 0 or step == end:
+          val = evaluate(eval_fn, state, val_data)
+          finite_val = bool(np.isfinite(val['loss']))
+          if not finite_val and config.train.on_nonfinite == 'stop':
+            raise TrainingDiverged(
+                f'non-finite validation loss at step {step}; not saved, the '
+                'last good checkpoint is kept (lower '
+                'train.learning_rate, or set train.on_nonfinite=skip)')
+          reporter.write({'step': step, 'epoch': step / steps_per_epoch,
+                          'val_loss': val['loss'],
+                          'val_accuracy': val['accuracy']})
+          reporter.evaluated()
+          if jax.process_index() == 0:
+            bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
+                      f'val_accuracy {val["accuracy"]:.4f}')
+          # A non-finite validation loss must not rank as a best checkpoint.
+          checkpoint.save(manager, step, state, meta, metrics={
+              'val_accuracy': val['accuracy'], 'val_loss': val['loss']}
+                          if finite_val else None)
+          saved_step = step
+          last_log = time.perf_counter()  # Evaluation time is not training time.
+        # Processes agree on stopping at log steps; alone, one stops at once.
+        signum = (signals.any_process_stopping()
+                  if log_now or jax.process_count() == 1 else 0)
+        if signum and step < end:
+          if saved_step != step:
+            checkpoint.save(manager, step, state, meta)
+          raise Interrupted(signum, step, manager.directory)
+  finally:  # Whatever stops the loop, pending saves complete.
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
   summary = {'step': end, 'val_accuracy': val.get('accuracy'),
              'val_loss': val.get('loss'), 'images_per_sec': images_per_sec,
              'num_params': sum(p.size for p in jax.tree.leaves(state.params)),

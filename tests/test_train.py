@@ -115,3 +115,12 @@ def test_weight_decay_skips_batchnorm_and_biases():
   assert mask == {'Conv_0': {'kernel': True},
                   'BatchNorm_0': {'scale': False, 'bias': False},
                   'Dense_0': {'kernel': True, 'bias': False}}
+
+
+def test_bfloat16_run_learns_with_float32_state(tmp_path):
+  config = tiny_config(**{'train.steps': 40, 'train.eval_every': 40,
+                          'train.dtype': 'bfloat16'})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['val_accuracy'] > 0.6
+  _, variables = restore_params(str(tmp_path))
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {np.dtype('float32')}
