@@ -89,7 +89,8 @@ def validate(config) -> None:
               'data.image_size': 4, 'data.synthetic_examples': 2,
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
-              'train.warmup_steps': 0, 'data.decode_threads': 0}
+              'train.warmup_steps': 0, 'data.decode_threads': 0, 'seed': 0,
+              'data.synthetic_seed': 0}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -109,6 +110,7 @@ def validate(config) -> None:
     raise ConfigError(f'train.warmup_steps={config.train.warmup_steps} must be '
                       f'below train.steps={config.train.steps}')
   boundaries = tuple(config.train.step_boundaries)
-  if any(not 0 < b < 1 for b in boundaries) or list(boundaries) != sorted(boundaries):
+  if (not all(isinstance(b, (int, float)) and 0 < b < 1 for b in boundaries)
+      or list(boundaries) != sorted(boundaries)):
     raise ConfigError(f'train.step_boundaries={boundaries} must be increasing '
                       'fractions of train.steps in (0, 1)')

@@ -96,7 +96,11 @@ def initialize_distributed():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    _exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.stop_at_step < 0:
+    _exit_with(f'--stop_at_step={FLAGS.stop_at_step} must be >= 0')
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    _exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
   initialize_distributed()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
   try:
