@@ -5,12 +5,14 @@ same way from any working directory: `from resnet_jax import config`.
 """
 import ml_collections
 
+from resnet_jax.cpu_conv import CONV_IMPLS
 from resnet_jax.data import SOURCES
 from resnet_jax.errors import ConfigError
 
 CHOICES = {
     'model.name': ('resnet', 'cnn'),
     'model.shortcut': ('conv', 'zeropad'),
+    'model.conv_impl': CONV_IMPLS,
     'data.source': tuple(SOURCES),
     'train.optimizer': ('sgd', 'adamw'),
     'train.schedule': ('cosine', 'linear', 'step'),
@@ -33,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_layers = 3  # n: depth 6n+2, so ResNet-20.
   c.model.shortcut = 'conv'
   c.model.num_classes = 10
+  # 'auto': the CPU backend differentiates convolutions through cpu_conv.py
+  # (same mathematics, faster on XLA:CPU); GPUs and TPUs use XLA's own.
+  c.model.conv_impl = 'auto'
 
   c.data = ml_collections.ConfigDict()
   # TFDS downloads and prepares CIFAR-10 on first use (needs internet and

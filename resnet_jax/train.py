@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from resnet_jax import checkpoint, data, models, optim, reporting
+from resnet_jax import checkpoint, cpu_conv, data, models, optim, reporting
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment
 from resnet_jax.errors import ConfigError, UserError
@@ -43,7 +43,9 @@ def create_mesh() -> jax.sharding.Mesh:
 
 
 def create_model(config):
-  return models.create_model(config.model, dtype=jnp.dtype(config.train.dtype))
+  return models.create_model(
+      config.model, dtype=jnp.dtype(config.train.dtype),
+      conv_general_dilated=cpu_conv.select_conv(config.model.conv_impl))
 
 
 def create_train_state(config, model, rng, mesh) -> TrainState:

@@ -17,6 +17,7 @@ from test_cli import snapshot
 INVALID_VALUES = {
     'seed': -1, 'model.name': 'vgg', 'model.num_layers': 0,
     'model.shortcut': 'identity', 'model.num_classes': 1,
+    'model.conv_impl': 'cudnn',
     'data.source': 'imagenet', 'data.dir': '/no/such/folder',
     'data.val_fraction': 0.0, 'data.image_size': 2, 'data.grayscale': None,
     'data.synthetic_examples': 1, 'data.synthetic_seed': -3,
