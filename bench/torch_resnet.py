@@ -6,7 +6,6 @@ strided conv + BN ('conv') or subsample + zero-pad ('zeropad') shortcuts, or
 none (the plain CNN), global average pooling, a dense classifier. Never
 imported by the resnet_jax package.
 """
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -139,7 +139,9 @@ def make_train_fn(config, mesh, normalization):
     return step_fn(state, batch, jax.random.fold_in(augment_key, state.step))
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(train_fn, donate_argnums=0, out_shardings=replicated)
+  return jax.jit(train_fn, donate_argnums=0, out_shardings=replicated,
+                 compiler_options=cpu_conv.jit_compiler_options(
+                     config.model.conv_impl))
 
 
 def make_eval_fn(normalization):
