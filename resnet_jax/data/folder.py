@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from resnet_jax.errors import ConfigError, DataError
+from resnet_jax.errors import DataError
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
 EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -68,7 +68,6 @@ def class_names(data_config) -> tuple[str, ...]:
 
 def load(data_config, split: str, num_classes: int):
   """Decodes every image of `split` into uint8 (N, S, S, 3) and int32 labels."""
-  check_options(data_config)
   root = os.path.join(data_config.dir, split)
   if split not in splits(data_config):
     raise DataError(f'split {split!r} asked for, but {data_config.dir} has no '
@@ -88,14 +87,7 @@ def load(data_config, split: str, num_classes: int):
     files += found
     labels += [label] * len(found)
   size = data_config.image_size
-  gigabytes = len(files) * size * size * 3 / 1e9
-  if gigabytes > data_config.max_in_memory_gb:
-    raise DataError(
-        f'{root} decodes to {gigabytes:.1f} GB ({len(files)} images of '
-        f'{size}x{size}x3), over data.max_in_memory_gb='
-        f'{data_config.max_in_memory_gb:g}: each split is held whole in host '
-        'and device memory; raise --config.data.max_in_memory_gb if it fits, '
-        'or lower data.image_size')
+  check_memory_budget(root, len(files), data_config)
   images, ok = decode_files(files, size, data_config.decode_threads,
                             data_config.skip_corrupt)
   labels = np.asarray(labels, np.int32)
@@ -217,11 +209,14 @@ def _check_dir(data_dir: str):
     raise DataError(f'data.dir {data_dir!r} is not a folder')
 
 
-def check_options(data_config):
-  budget = data_config.max_in_memory_gb
-  if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-    raise ConfigError(f'data.max_in_memory_gb={budget!r} must be a number > 0')
-  threads = data_config.decode_threads
-  if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-    raise ConfigError(f'data.decode_threads={threads!r} must be an integer >= 0 '
-                      '(0: one per CPU core)')
+def check_memory_budget(what: str, count: int, data_config):
+  """Refuses a split that would not fit data.max_in_memory_gb once decoded."""
+  size = data_config.image_size
+  gigabytes = count * size * size * 3 / 1e9
+  if gigabytes > data_config.max_in_memory_gb:
+    raise DataError(
+        f'{what} decodes to {gigabytes:.1f} GB ({count} images of '
+        f'{size}x{size}x3), over data.max_in_memory_gb='
+        f'{data_config.max_in_memory_gb:g}: each split is held whole in host '
+        'and device memory; raise --config.data.max_in_memory_gb if it fits, '
+        'or lower data.image_size')

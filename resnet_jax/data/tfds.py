@@ -51,7 +51,6 @@ def class_names(data_config) -> tuple[str, ...]:
 
 def load(data_config, split: str, num_classes: int):
   """Decodes a whole split into uint8 (N, S, S, 3) and int32 labels."""
-  folder.check_options(data_config)
   builder = _prepared_builder(data_config)
   where = f'TFDS {builder.info.full_name} in {builder.data_dir}'
   tfds_split = _tfds_split(builder, split)
@@ -64,16 +63,10 @@ def load(data_config, split: str, num_classes: int):
     raise DataError(f'{where} has {len(names)} classes but model.num_classes '
                     f'is {num_classes}: pass --config.model.num_classes='
                     f'{len(names)}')
-  count = builder.info.splits[tfds_split].num_examples
   size = data_config.image_size
-  gigabytes = count * size * size * 3 / 1e9
-  if gigabytes > data_config.max_in_memory_gb:
-    raise DataError(
-        f'{where} split {tfds_split} decodes to {gigabytes:.1f} GB ({count} '
-        f'images of {size}x{size}x3), over data.max_in_memory_gb='
-        f'{data_config.max_in_memory_gb:g}: each split is held whole in host '
-        'and device memory; raise --config.data.max_in_memory_gb if it fits, '
-        'or lower data.image_size')
+  folder.check_memory_budget(f'{where} split {tfds_split}',
+                             builder.info.splits[tfds_split].num_examples,
+                             data_config)
   encoded, labels = _read_encoded(builder, tfds_split, image_key, label_key)
   images, ok = folder.decode_files(
       encoded, size, data_config.decode_threads, data_config.skip_corrupt,
