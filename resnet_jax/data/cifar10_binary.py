@@ -37,28 +37,55 @@ def splits(data_config) -> tuple[str, ...]:
 
 def read_file(path: str, num_classes: int = 10):
   """Reads one .bin file into uint8 images (N, 32, 32, 3) and int32 labels."""
+  _check_size(path)
+  records = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+  images, labels = decode_records(records, path, 0, num_classes)
+  return np.ascontiguousarray(images), labels
+
+
+def open_records(data_config, split: str) -> list[tuple[str, np.ndarray]]:
+  """(path, memory-mapped (N, 3073) uint8 records) per file of the split.
+
+  For streaming: records are read from disk only when indexed.
+  """
+  _check_dir(data_config.dir)
+  files = _split_files(data_config.dir, split)
+  _check_present(files, data_config.dir, split)
+  return [(f, np.memmap(f, np.uint8, 'r', shape=(_check_size(f), RECORD_BYTES)))
+          for f in files]
+
+
+def decode_records(records, path: str, first: int, num_classes: int):
+  """(N, 3073) records (number `first` on in `path`) to images and labels."""
+  labels = records[:, 0].astype(np.int32)
+  bad = np.flatnonzero(labels >= num_classes)
+  if bad.size:
+    raise DataError(f'{path}: record {first + bad[0]} has label '
+                    f'{labels[bad[0]]}, outside 0..{num_classes - 1}')
+  return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def _check_size(path: str) -> int:
+  """The record count of a .bin file, checked to be whole records."""
   size = os.path.getsize(path)
   if size == 0 or size % RECORD_BYTES:
     raise DataError(f'{path} is {size} bytes, not a positive multiple of the '
                     f'{RECORD_BYTES}-byte CIFAR-10 record (truncated file?)')
-  records = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
-  labels = records[:, 0].astype(np.int32)
-  bad = np.flatnonzero(labels >= num_classes)
-  if bad.size:
-    raise DataError(f'{path}: record {bad[0]} has label {labels[bad[0]]}, '
-                    f'outside 0..{num_classes - 1}')
-  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return np.ascontiguousarray(images), labels
+  return size // RECORD_BYTES
+
+
+def _check_present(files, data_dir, split):
+  if not files:
+    wanted = 'test_batch.bin' if split == 'test' else 'data_batch_*.bin'
+    raise DataError(f'split {split!r} asked for, but {data_dir} has '
+                    f'no {wanted}')
 
 
 def load(data_config, split: str, num_classes: int):
   """Returns (images, labels) of 'train' (all data_batch_*.bin) or 'test'."""
   _check_dir(data_config.dir)
   files = _split_files(data_config.dir, split)
-  if not files:
-    wanted = 'test_batch.bin' if split == 'test' else 'data_batch_*.bin'
-    raise DataError(f'split {split!r} asked for, but {data_config.dir} has '
-                    f'no {wanted}')
+  _check_present(files, data_config.dir, split)
   parts = [read_file(f, num_classes) for f in files]
   return (np.concatenate([p[0] for p in parts]),
           np.concatenate([p[1] for p in parts]))

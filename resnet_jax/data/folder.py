@@ -68,6 +68,24 @@ def class_names(data_config) -> tuple[str, ...]:
 
 def load(data_config, split: str, num_classes: int):
   """Decodes every image of `split` into uint8 (N, S, S, 3) and int32 labels."""
+  files, labels = list_files(data_config, split, num_classes)
+  check_memory_budget(os.path.join(data_config.dir, split), len(files),
+                      data_config)
+  images, ok = decode_files(files, data_config.image_size,
+                            data_config.decode_threads, data_config.skip_corrupt)
+  if not ok.all():
+    images, labels = images[ok], labels[ok]
+    emptied = np.setdiff1d(np.arange(num_classes), labels)
+    if emptied.size:
+      names = class_names(data_config)
+      raise DataError(f'{os.path.join(data_config.dir, split, names[emptied[0]])}'
+                      ' has no readable image left after skipping the '
+                      'unreadable ones')
+  return images, labels
+
+
+def list_files(data_config, split: str, num_classes: int):
+  """The image files of `split` and their int32 labels, checked, not decoded."""
   root = os.path.join(data_config.dir, split)
   if split not in splits(data_config):
     raise DataError(f'split {split!r} asked for, but {data_config.dir} has no '
@@ -86,18 +104,7 @@ def load(data_config, split: str, num_classes: int):
                       f'(no {"/".join(EXTENSIONS)} files)')
     files += found
     labels += [label] * len(found)
-  size = data_config.image_size
-  check_memory_budget(root, len(files), data_config)
-  images, ok = decode_files(files, size, data_config.decode_threads,
-                            data_config.skip_corrupt)
-  labels = np.asarray(labels, np.int32)
-  if not ok.all():
-    images, labels = images[ok], labels[ok]
-    emptied = np.setdiff1d(np.arange(len(names)), labels)
-    if emptied.size:
-      raise DataError(f'{os.path.join(root, names[emptied[0]])} has no readable '
-                      'image left after skipping the unreadable ones')
-  return images, labels
+  return files, np.asarray(labels, np.int32)
 
 
 def decode_files(paths, size: int, threads: int = 0, skip_corrupt=False,
@@ -115,11 +122,9 @@ def decode_files(paths, size: int, threads: int = 0, skip_corrupt=False,
 
   def work(start):
     for i in range(start, min(start + CHUNK, len(paths))):
-      try:
-        images[i] = decode(paths[i], size)
-      except Exception as e:  # Pillow raises many types for a bad file.
-        reason = str(e).replace(f' {paths[i]!r}', '').replace('\n', ' ')
-        errors[i] = f'{type(e).__name__}: {reason}'
+      image, errors[i] = try_decode(paths[i], size)
+      if image is not None:
+        images[i] = image
 
   threads = threads or os.cpu_count() or 1
   starts = range(0, len(paths), CHUNK)
@@ -131,16 +136,32 @@ def decode_files(paths, size: int, threads: int = 0, skip_corrupt=False,
       list(pool.map(work, starts))
   bad = [i for i, e in enumerate(errors) if e]
   if bad and not skip_corrupt:
-    raise DataError(f'{names[bad[0]]} is not a readable image ({errors[bad[0]]});'
-                    ' fix or remove it, or pass --config.data.skip_corrupt=True'
-                    + (f' ({len(bad) - 1} more unreadable)' if len(bad) > 1
-                       else ''))
+    raise unreadable(names[bad[0]], errors[bad[0]], len(bad) - 1)
   for i in bad:
-    print(f'warning: skipped unreadable image {names[i]} ({errors[i]})',
-          file=sys.stderr)
+    warn_skipped(names[i], errors[i])
   ok = np.ones(len(paths), bool)
   ok[bad] = False
   return images, ok
+
+
+def try_decode(path_or_bytes, size: int):
+  """(image, None), or (None, 'Type: reason') for an unreadable image."""
+  try:
+    return decode(path_or_bytes, size), None
+  except Exception as e:  # Pillow raises many types for a bad file.
+    reason = str(e).replace(f' {path_or_bytes!r}', '').replace('\n', ' ')
+    return None, f'{type(e).__name__}: {reason}'
+
+
+def unreadable(name: str, reason: str, more: int = 0) -> DataError:
+  """The one-line error for an unreadable image (and `more` others)."""
+  return DataError(f'{name} is not a readable image ({reason}); fix or remove '
+                   'it, or pass --config.data.skip_corrupt=True'
+                   + (f' ({more} more unreadable)' if more else ''))
+
+
+def warn_skipped(name: str, reason: str):
+  print(f'warning: skipped unreadable image {name} ({reason})', file=sys.stderr)
 
 
 def decode(path_or_bytes, size: int) -> np.ndarray:
@@ -209,14 +230,23 @@ def _check_dir(data_dir: str):
     raise DataError(f'data.dir {data_dir!r} is not a folder')
 
 
+def fits_in_memory(count: int, data_config) -> bool:
+  """Whether `count` images, decoded, fit data.max_in_memory_gb."""
+  return decoded_gb(count, data_config) <= data_config.max_in_memory_gb
+
+
+def decoded_gb(count: int, data_config) -> float:
+  return count * data_config.image_size**2 * 3 / 1e9
+
+
 def check_memory_budget(what: str, count: int, data_config):
   """Refuses a split that would not fit data.max_in_memory_gb once decoded."""
-  size = data_config.image_size
-  gigabytes = count * size * size * 3 / 1e9
-  if gigabytes > data_config.max_in_memory_gb:
+  if not fits_in_memory(count, data_config):
+    size = data_config.image_size
     raise DataError(
-        f'{what} decodes to {gigabytes:.1f} GB ({count} images of '
-        f'{size}x{size}x3), over data.max_in_memory_gb='
+        f'{what} decodes to {decoded_gb(count, data_config):.1f} GB ({count} '
+        f'images of {size}x{size}x3), over data.max_in_memory_gb='
         f'{data_config.max_in_memory_gb:g}: each split is held whole in host '
-        'and device memory; raise --config.data.max_in_memory_gb if it fits, '
-        'or lower data.image_size')
+        'and device memory; raise --config.data.max_in_memory_gb if it fits, or '
+        'lower data.image_size (training streams such splits from disk with '
+        '--config.data.streaming=auto or on)')

@@ -51,18 +51,8 @@ def class_names(data_config) -> tuple[str, ...]:
 
 def load(data_config, split: str, num_classes: int):
   """Decodes a whole split into uint8 (N, S, S, 3) and int32 labels."""
-  builder = _prepared_builder(data_config)
-  where = f'TFDS {builder.info.full_name} in {builder.data_dir}'
-  tfds_split = _tfds_split(builder, split)
-  if not tfds_split:
-    raise DataError(f'split {split!r} asked for, but {where} has only '
-                    f'{", ".join(builder.info.splits)}')
-  image_key, label_key = _keys(builder)
-  names = class_names(data_config)
-  if len(names) != num_classes:
-    raise DataError(f'{where} has {len(names)} classes but model.num_classes '
-                    f'is {num_classes}: pass --config.model.num_classes='
-                    f'{len(names)}')
+  builder, where, tfds_split, image_key, label_key = _open(
+      data_config, split, num_classes)
   size = data_config.image_size
   folder.check_memory_budget(f'{where} split {tfds_split}',
                              builder.info.splits[tfds_split].num_examples,
@@ -77,6 +67,43 @@ def load(data_config, split: str, num_classes: int):
     raise DataError(f'{where} {tfds_split}: example {bad[0]} has label '
                     f'{labels[bad[0]]}, outside 0..{num_classes - 1}')
   return images[ok], labels
+
+
+def data_source(data_config, split: str, num_classes: int):
+  """A random-access source of the split's encoded examples, for streaming.
+
+  Returns (source, image_key, label_key, name): source[i] is a dict with the
+  undecoded image bytes; name prefixes an example's index in messages.
+  """
+  builder, where, tfds_split, image_key, label_key = _open(
+      data_config, split, num_classes)
+  decoders = {image_key: _import_tfds().decode.SkipDecoding()}
+  try:
+    source = builder.as_data_source(split=tfds_split, decoders=decoders)
+  except NotImplementedError:
+    raise DataError(
+        f'{where} is prepared as {builder.info.file_format.value}, which '
+        'cannot be read with random access: streaming needs array_record '
+        '(move that folder away and rerun to prepare it again), or set '
+        '--config.data.streaming=off') from None
+  return source, image_key, label_key, f'{where} {tfds_split}'
+
+
+def _open(data_config, split, num_classes):
+  """(builder, where, tfds split, image key, label key), all checked."""
+  builder = _prepared_builder(data_config)
+  where = f'TFDS {builder.info.full_name} in {builder.data_dir}'
+  tfds_split = _tfds_split(builder, split)
+  if not tfds_split:
+    raise DataError(f'split {split!r} asked for, but {where} has only '
+                    f'{", ".join(builder.info.splits)}')
+  image_key, label_key = _keys(builder)
+  names = class_names(data_config)
+  if len(names) != num_classes:
+    raise DataError(f'{where} has {len(names)} classes but model.num_classes '
+                    f'is {num_classes}: pass --config.model.num_classes='
+                    f'{len(names)}')
+  return builder, where, tfds_split, image_key, label_key
 
 
 def _read_encoded(builder, split, image_key, label_key):
