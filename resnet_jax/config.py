@@ -14,6 +14,7 @@ CHOICES = {
     'model.shortcut': ('conv', 'zeropad'),
     'model.conv_impl': CONV_IMPLS,
     'data.source': tuple(SOURCES),
+    'data.streaming': ('auto', 'off', 'on'),
     'train.optimizer': ('sgd', 'adamw'),
     'train.schedule': ('cosine', 'linear', 'step'),
     'train.dtype': ('float32', 'bfloat16', 'float16'),
@@ -54,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.skip_corrupt = False  # folder, tfds: skip (and list) unreadable images.
   c.data.decode_threads = 0  # folder, tfds: decoding threads; 0: one per core.
   c.data.max_in_memory_gb = 4.0  # Largest decoded split held in memory.
+  # Training streams train/val from disk (grain, data/stream.py) when 'on', or
+  # when 'auto' and either split decodes to more than max_in_memory_gb; 'off'
+  # refuses such a split instead.
+  c.data.streaming = 'auto'
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128

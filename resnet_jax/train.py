@@ -2,9 +2,12 @@
 
 Everything random is derived from (seed, step): the batch order from the
 epoch, the augmentation from the step. A checkpoint therefore needs only the
-train state to resume exactly.
+train state to resume exactly. A dataset that fits memory lives on the
+devices and each step samples its batch there; a larger one is streamed
+(data/stream.py), batch by batch in the same order.
 """
 import functools
+import itertools
 import math
 import os
 import signal
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 from resnet_jax import checkpoint, cpu_conv, data, models, optim, reporting
 from resnet_jax import config as config_lib
-from resnet_jax.data import augment
+from resnet_jax.data import augment, folder, stream
 from resnet_jax.errors import ConfigError, UserError
 
 
@@ -123,8 +126,12 @@ def sample_batch(train_data, step, order_key, batch_size):
   return jax.tree.map(lambda x: x[indices], train_data)
 
 
-def make_train_fn(config, mesh, normalization):
-  """Jitted (state, train_data) -> (state, metrics): sample, augment, update."""
+def make_train_fn(config, mesh, normalization, streamed=False):
+  """Jitted (state, train_data) -> (state, metrics): sample, augment, update.
+
+  With `streamed`, the second argument is the step's batch itself, built by
+  the host's loader (stream.TrainBatches) in the order sample_batch draws.
+  """
   order_key, augment_key = jax.random.split(jax.random.key(config.seed))
   step_fn = functools.partial(
       train_step, normalization=normalization,
@@ -132,8 +139,11 @@ def make_train_fn(config, mesh, normalization):
       learning_rate_fn=optim.create_schedule(config.train))
 
   def train_fn(state, train_data):
-    batch = sample_batch(train_data, state.step, order_key,
-                         config.train.batch_size)
+    if streamed:
+      batch = train_data
+    else:
+      batch = sample_batch(train_data, state.step, order_key,
+                           config.train.batch_size)
     batch = jax.lax.with_sharding_constraint(
         batch, NamedSharding(mesh, P('data')))
     return step_fn(state, batch, jax.random.fold_in(augment_key, state.step))
@@ -279,6 +289,27 @@ def archive_previous_run(workdir: str) -> str:
   return target
 
 
+def load_train_val(config, streamed: bool):
+  """(splits, normalization) of 'train' and 'val'.
+
+  In memory: data.Split arrays. Streamed: stream.StreamedSplit readers, but
+  a validation split that fits data.max_in_memory_gb is decoded into memory
+  (it is evaluated many times); the statistics then come from a sample.
+  """
+  if streamed:
+    splits = {name: stream.open_split(config, name) for name in ('train', 'val')}
+  else:
+    splits = data.load_splits(config, ('train', 'val'))
+  if len(splits['train']) < config.train.batch_size:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} exceeds '
+                      f'the {len(splits["train"])} training examples')
+  if not streamed:
+    return splits, data.channel_stats(splits['train'].images)
+  if folder.fits_in_memory(len(splits['val']), config.data):
+    splits['val'] = splits['val'].load()
+  return splits, stream.channel_stats(splits['train'])
+
+
 def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
                        restart: bool = False) -> dict:
   """Trains (or resumes) in `workdir`; returns the last validation metrics.
@@ -293,12 +324,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   if config.train.batch_size % mesh.devices.size:
     raise ConfigError(f'train.batch_size={config.train.batch_size} must be a '
                       f'multiple of the {mesh.devices.size} devices')
-  splits = data.load_splits(config, ('train', 'val'))
+  streamed = stream.should_stream(config)
+  splits, normalization = load_train_val(config, streamed)
   class_names = data.class_names(config)
-  if len(splits['train']) < config.train.batch_size:
-    raise ConfigError(f'train.batch_size={config.train.batch_size} exceeds '
-                      f'the {len(splits["train"])} training examples')
-  normalization = data.channel_stats(splits['train'].images)
   model = create_model(config)
   state = create_train_state(config, model, jax.random.key(config.seed), mesh)
 
@@ -312,11 +340,23 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
       f.write(config.to_json_best_effort(indent=2))
   reporter = reporting.Reporter(workdir, config, resume_step=start)
 
-  train_data = put_replicated(
-      {'image': splits['train'].images, 'label': splits['train'].labels}, mesh)
-  val_data = put_eval_chunks(splits['val'], config.train.eval_batch_size, mesh)
-  train_fn = make_train_fn(config, mesh, normalization)
+  # The loop takes next(train_inputs) each step: the whole dataset on the
+  # devices (train_fn samples), or the step's streamed batch.
+  if streamed:
+    train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
+  else:
+    train_inputs = itertools.repeat(put_replicated(
+        {'image': splits['train'].images, 'label': splits['train'].labels},
+        mesh))
+  train_fn = make_train_fn(config, mesh, normalization, streamed)
   eval_fn = make_eval_fn(normalization)
+  if isinstance(splits['val'], data.Split):
+    val_data = put_eval_chunks(splits['val'], config.train.eval_batch_size,
+                               mesh)
+    run_eval = lambda state: evaluate(eval_fn, state, val_data)
+  else:
+    run_eval = lambda state: stream.evaluate(
+        eval_fn, state, splits['val'], config.train.eval_batch_size, mesh)
 
   total_steps = config.train.steps
   end = min(total_steps, stop_at_step) if stop_at_step else total_steps
@@ -328,7 +368,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   try:
     with StopSignals() as signals:
       for step in range(start + 1, end + 1):
-        state, metrics = train_fn(state, train_data)
+        state, metrics = train_fn(state, next(train_inputs))
         pending.append(metrics)
         log_now = step % config.train.log_every == 0 or step == end
         if log_now:
@@ -354,7 +394,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
           bar.update(step - bar.n)
           pending = []
         if step % config.train.eval_every == 0 or step == end:
-          val = evaluate(eval_fn, state, val_data)
+          val = run_eval(state)
           finite_val = bool(np.isfinite(val['loss']))
           if not finite_val and config.train.on_nonfinite == 'stop':
             raise TrainingDiverged(
@@ -383,6 +423,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
           raise Interrupted(signum, step, manager.directory)
   finally:  # Whatever stops the loop, pending saves complete.
     bar.close()
+    if streamed:
+      train_inputs.close()
     manager.wait_until_finished()
     manager.close()
   summary = {'step': end, 'val_accuracy': val.get('accuracy'),

@@ -23,7 +23,7 @@ INVALID_VALUES = {
     'data.synthetic_examples': 1, 'data.synthetic_seed': -3,
     'data.name': 'no_such_dataset', 'data.download': None,
     'data.skip_corrupt': None, 'data.decode_threads': -1,
-    'data.max_in_memory_gb': -1.0,
+    'data.max_in_memory_gb': -1.0, 'data.streaming': 'sometimes',
     'train.batch_size': 0, 'train.steps': 0, 'train.optimizer': 'lion',
     'train.learning_rate': -0.1, 'train.momentum': 1.5,
     'train.schedule': 'exponential', 'train.warmup_steps': -1,

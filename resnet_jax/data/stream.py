@@ -1,0 +1,347 @@
+"""Streams splits too large for memory from disk, with grain.
+
+A split that fits `data.max_in_memory_gb` goes whole to device memory and
+each train step samples its batch there (train.sample_batch). A larger one is
+read here: a random-access reader per source gives example i of the stored
+split (folder: the file list, decoded with folder.decode; tfds: the
+array_record data source; cifar10_binary: memory-mapped records; synthetic:
+its arrays), and grain runs it in background threads that prefetch whole
+batches ahead of the train step.
+
+Why grain: it is Google's maintained loader for JAX, needs no TensorFlow,
+and its MapDataset keeps random access through map and batch, so batch b can
+be built from b alone. Why threads, not grain's processes (mp_prefetch):
+Pillow releases the GIL while decoding and resizing, so threads scale over
+the cores; worker processes start by re-importing JAX (spawn), and their
+batches come back through shared memory, for no gain on the measured
+machine (see bench/input_pipeline.py and the README).
+
+Batch order: batch b (the train state's step) holds the examples at
+positions [i * B, (i + 1) * B) of epoch e's permutation, (e, i) =
+divmod(b, steps per epoch), the epoch's remainder dropped. The permutation
+is computed exactly as train.sample_batch computes it (same key, same
+jax.random call, on the CPU), so a streamed run trains on the very batches
+of an in-memory run, and batch b depends only on (seed, b): resume starts the
+loader at the restored step, with no iterator state in the checkpoint.
+
+With several processes each reads only its slice of the global batch and
+the global array is assembled with jax.make_array_from_process_local_data.
+"""
+import math
+import os
+import sys
+import threading
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import data
+from resnet_jax.data import cifar10_binary, folder, synthetic, tfds
+from resnet_jax.errors import DataError
+
+# Normalization statistics of a streamed train split come from this many
+# training images (all of them if fewer), a fixed seeded sample.
+STATS_SAMPLE = 10_000
+STATS_SEED = 0
+# Batches decoded ahead of the train step.
+PREFETCH_BATCHES = 4
+
+
+def should_stream(config) -> bool:
+  """Whether training streams: data.streaming, or (auto) a split too large."""
+  mode = config.data.streaming
+  if mode != 'auto':
+    return mode == 'on'
+  return any(not folder.fits_in_memory(len(open_split(config, name)),
+                                       config.data)
+             for name in ('train', 'val'))
+
+
+def open_split(config, name: str) -> 'StreamedSplit':
+  """Split `name` for streaming; 'val' carved from 'train' as load_splits does."""
+  data_config, num_classes = config.data, config.model.num_classes
+  source = data.SOURCES[data_config.source]
+  carve = 'val' not in source.splits(data_config)
+  stored = 'train' if carve and name == 'val' else name
+  reader = _READERS[data_config.source](data_config, stored, num_classes)
+  positions = np.arange(len(reader))
+  if carve and name != 'test':
+    val = data._val_mask(len(reader), data_config.val_fraction)  # pylint: disable=protected-access
+    positions = np.flatnonzero(val if name == 'val' else ~val)
+  split = StreamedSplit(reader, positions, data_config)
+  if not len(split):
+    raise DataError(f'split {name!r} is empty')
+  split.check_shape(name, data_config)
+  return split
+
+
+class StreamedSplit:
+  """Examples of a split, read on demand: `example(k)` for k < len."""
+
+  def __init__(self, reader, positions, data_config):
+    self.reader = reader
+    self.positions = positions  # Indices into the stored split.
+    self.grayscale = data_config.grayscale
+    self.skip_corrupt = data_config.skip_corrupt
+    self.threads = data_config.decode_threads or os.cpu_count() or 1
+    self._warned = set()
+
+  def __len__(self):
+    return len(self.positions)
+
+  def example(self, k: int):
+    """(uint8 HWC image, int32 label) of example k.
+
+    An unreadable image is a one-line DataError naming it; with
+    data.skip_corrupt the next readable example of the split takes its place
+    (deterministically, so resume stays exact) after a warning.
+    """
+    for attempt in range(len(self)):
+      index = int(self.positions[(k + attempt) % len(self)])
+      image, label, error = self.reader.read(index)
+      if error is None:
+        return data._to_channels(image, self.grayscale), label  # pylint: disable=protected-access
+      name = self.reader.name(index)
+      if not self.skip_corrupt:
+        raise folder.unreadable(name, error)
+      if name not in self._warned:
+        self._warned.add(name)
+        folder.warn_skipped(name, error)
+    raise DataError('no readable image in the split')
+
+  def batches(self, ks, batch_size: int):
+    """Yields {'image', 'label'} numpy batches of the examples `ks`, in order,
+    decoded by grain's prefetching threads; the last may be short."""
+    ks = np.asarray(ks)
+    dataset = (grain.MapDataset.range(len(ks))
+               .map(lambda j: self.example(int(ks[j])))
+               .batch(batch_size, batch_fn=_stack))
+    yield from dataset.to_iter_dataset(self.read_options())
+
+  def load(self, ks=None) -> data.Split:
+    """Examples `ks` (default: all) decoded into memory, in order."""
+    ks = np.arange(len(self)) if ks is None else ks
+    parts = list(self.batches(ks, 256))
+    return data.Split(np.concatenate([p['image'] for p in parts]),
+                      np.concatenate([p['label'] for p in parts]))
+
+  def check_shape(self, name: str, data_config):
+    """The DataError of load_splits for images of the wrong shape."""
+    shape = self.example(0)[0].shape
+    size, channels = data_config.image_size, 1 if self.grayscale else 3
+    if shape != (size, size, channels):
+      raise DataError(f'{name} images are {shape} but the config asks for '
+                      f'{(size, size, channels)} (data.image_size, '
+                      'data.grayscale)')
+
+  def read_options(self):
+    """grain's threads: one per decode thread, a few batches ahead."""
+    return grain.ReadOptions(num_threads=self.threads,
+                             prefetch_buffer_size=max(PREFETCH_BATCHES,
+                                                      self.threads))
+
+
+def channel_stats(split: StreamedSplit):
+  """Per-channel mean and std of up to STATS_SAMPLE seeded training images.
+
+  All of them when the split is that small, in order: then the statistics
+  are those of the in-memory path, bit for bit.
+  """
+  ks = np.arange(len(split))
+  if len(split) > STATS_SAMPLE:
+    ks = np.sort(np.random.default_rng(STATS_SEED).choice(
+        len(split), STATS_SAMPLE, replace=False))
+  return data.channel_stats(split.load(ks).images)
+
+
+class _EpochOrder:
+  """Epoch e's permutation of n examples, as train.sample_batch draws it."""
+
+  def __init__(self, seed: int, n: int):
+    self.seed, self.n = seed, n
+    self._cache, self._lock = {}, threading.Lock()
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._cache:
+        try:
+          device = jax.devices('cpu')[0]
+        except RuntimeError:  # No CPU backend: the default device is as exact.
+          device = None
+        with jax.default_device(device):
+          # Must match train.make_train_fn and train.sample_batch.
+          order_key, _ = jax.random.split(jax.random.key(self.seed))
+          order = jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                         self.n)
+        self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
+        self._cache[epoch] = np.asarray(order)
+      return self._cache[epoch]
+
+
+def batch_examples(order, step: int, steps_per_epoch: int, batch_size: int):
+  """Example numbers of global batch `step`."""
+  epoch, i = divmod(step, steps_per_epoch)
+  return order(epoch)[i * batch_size:(i + 1) * batch_size]
+
+
+class TrainBatches:
+  """Iterator of global train batches from `start_step` on, on the mesh.
+
+  `next()` gives the batch of the next step as a dict of arrays sharded
+  along 'data'; grain's threads decode the following ones meanwhile.
+  """
+
+  def __init__(self, split: StreamedSplit, config, start_step: int, mesh):
+    batch_size = config.train.batch_size
+    steps_per_epoch = len(split) // batch_size
+    processes, process = jax.process_count(), jax.process_index()
+    local = batch_size // processes
+    order = _EpochOrder(config.seed, len(split))
+
+    def local_batch(step):
+      ks = batch_examples(order, step, steps_per_epoch, batch_size)
+      return _stack([split.example(int(k))
+                     for k in ks[process * local:(process + 1) * local]])
+
+    dataset = grain.MapDataset.range(start_step, config.train.steps).map(
+        local_batch)
+    self._iterator = iter(dataset.to_iter_dataset(split.read_options()))
+    self._sharding = NamedSharding(mesh, P('data'))
+    self._shapes = {'image': (batch_size, *split.example(0)[0].shape),
+                    'label': (batch_size,)}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._iterator)
+    return {k: jax.make_array_from_process_local_data(
+        self._sharding, v, self._shapes[k]) for k, v in batch.items()}
+
+  def close(self):
+    close = getattr(self._iterator, 'close', None)
+    if close:
+      close()
+
+
+def evaluate(eval_fn, state, split: StreamedSplit, batch_size: int, mesh):
+  """train.evaluate over a streamed split, one padded, masked chunk at a time.
+
+  Every chunk has the same shape (one compilation); padding is masked out,
+  so every example counts once, as with train.put_eval_chunks.
+  """
+  num_devices = mesh.devices.size
+  batch_size = math.ceil(min(batch_size, len(split)) / num_devices) * num_devices
+  sharding = NamedSharding(mesh, P(None, 'data'))
+  totals = {'loss': 0.0, 'correct': 0, 'count': 0}
+  for batch in split.batches(np.arange(len(split)), batch_size):
+    n, pad = len(batch['label']), batch_size - len(batch['label'])
+    arrays = {
+        'image': np.concatenate([batch['image'], np.zeros(
+            (pad, *batch['image'].shape[1:]), np.uint8)]),
+        'label': np.concatenate([batch['label'], np.zeros(pad, np.int32)]),
+        'mask': np.concatenate([np.ones(n, np.float32),
+                                np.zeros(pad, np.float32)]),
+    }
+    chunk = {k: jax.make_array_from_callback(
+        (1, *v.shape), sharding, lambda i, v=v: v[None][i])
+             for k, v in arrays.items()}
+    sums = jax.device_get(eval_fn(state, chunk))
+    totals = {k: totals[k] + sums[k].item() for k in totals}
+  count = int(totals['count'])
+  return {'loss': totals['loss'] / count,
+          'accuracy': totals['correct'] / count, 'num_examples': count}
+
+
+def _stack(examples):
+  return {'image': np.stack([e[0] for e in examples]),
+          'label': np.asarray([e[1] for e in examples], np.int32)}
+
+
+# Readers: random access to a stored split. read(i) returns (uint8 (S, S, 3)
+# image, int label, None) or (None, None, 'Type: reason') if unreadable;
+# name(i) names example i in messages.
+
+
+class _FolderReader:
+
+  def __init__(self, data_config, split, num_classes):
+    self.files, self.labels = folder.list_files(data_config, split, num_classes)
+    self.size = data_config.image_size
+
+  def __len__(self):
+    return len(self.files)
+
+  def read(self, i):
+    image, error = folder.try_decode(self.files[i], self.size)
+    return image, self.labels[i], error
+
+  def name(self, i):
+    return self.files[i]
+
+
+class _TfdsReader:
+
+  def __init__(self, data_config, split, num_classes):
+    self.source, self.image_key, self.label_key, self.where = tfds.data_source(
+        data_config, split, num_classes)
+    self.size, self.num_classes = data_config.image_size, num_classes
+
+  def __len__(self):
+    return len(self.source)
+
+  def read(self, i):
+    example = self.source[i]
+    label = int(example[self.label_key])
+    if not 0 <= label < self.num_classes:
+      raise DataError(f'{self.name(i)} has label {label}, outside '
+                      f'0..{self.num_classes - 1}')
+    image, error = folder.try_decode(example[self.image_key], self.size)
+    return image, label, error
+
+  def name(self, i):
+    return f'{self.where}[{i}]'
+
+
+class _CifarReader:
+
+  def __init__(self, data_config, split, num_classes):
+    self.files = cifar10_binary.open_records(data_config, split)
+    self.ends = np.cumsum([len(records) for _, records in self.files])
+    self.num_classes = num_classes
+
+  def __len__(self):
+    return int(self.ends[-1])
+
+  def read(self, i):
+    f = int(np.searchsorted(self.ends, i, side='right'))
+    path, records = self.files[f]
+    first = i - (int(self.ends[f - 1]) if f else 0)
+    images, labels = cifar10_binary.decode_records(
+        np.asarray(records[first:first + 1]), path, first, self.num_classes)
+    return np.ascontiguousarray(images[0]), labels[0], None
+
+  def name(self, i):
+    return f'record {i}'
+
+
+class _ArrayReader:
+  """Synthetic data is generated in memory; streaming it exercises the path."""
+
+  def __init__(self, data_config, split, num_classes):
+    self.images, self.labels = synthetic.load(data_config, split, num_classes)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def read(self, i):
+    return self.images[i], self.labels[i], None
+
+  def name(self, i):
+    return f'synthetic[{i}]'
+
+
+_READERS = {'folder': _FolderReader, 'tfds': _TfdsReader,
+            'cifar10_binary': _CifarReader, 'synthetic': _ArrayReader}

@@ -1,0 +1,135 @@
+"""data.streaming: splits read from disk batch by batch (data/stream.py)."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config, write_cifar_bin
+from test_folder import corrupt, folder_config, make_folder
+from test_train import restore_params
+from resnet_jax import data, train
+from resnet_jax.data import stream
+from resnet_jax.errors import DataError
+
+
+@pytest.fixture
+def numbered_cifar(tmp_path):
+  """120 CIFAR records in three files; record i carries i in its first pixel."""
+  folder = tmp_path / 'cifar'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8)
+  images[:, 0, 0, 0] = np.arange(120)
+  labels = rng.integers(0, 10, 120)
+  for f, (start, stop) in enumerate(((0, 50), (50, 90), (90, 120)), start=1):
+    write_cifar_bin(folder / f'data_batch_{f}.bin', images[start:stop],
+                    labels[start:stop])
+  # 96 train / 24 val; batch 16: 6 steps per epoch, no remainder.
+  return tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': str(folder),
+                        'data.image_size': 32, 'data.streaming': 'on',
+                        'train.batch_size': 16, 'train.steps': 20})
+
+
+def ids(batch):
+  return np.asarray(batch['image'])[:, 0, 0, 0].astype(int)
+
+
+def test_order_is_train_sample_batch_order():
+  """Streamed batches are the in-memory sampler's, so runs agree."""
+  n, batch_size, seed = 37, 8, 5
+  order = stream._EpochOrder(seed, n)  # pylint: disable=protected-access
+  order_key, _ = jax.random.split(jax.random.key(seed))
+  train_data = {'label': np.arange(n)}
+  for step in (0, 3, 4, 9):  # 4 steps per epoch: three epochs.
+    expected = train.sample_batch(train_data, step, order_key, batch_size)
+    np.testing.assert_array_equal(
+        stream.batch_examples(order, step, n // batch_size, batch_size),
+        expected['label'])
+
+
+def test_epoch_reads_each_training_example_once_and_no_validation(
+    numbered_cifar):
+  config = numbered_cifar
+  mesh = train.create_mesh()
+  split = stream.open_split(config, 'train')
+  batches = stream.TrainBatches(split, config, 0, mesh)
+  seen = np.concatenate([ids(next(batches)) for _ in range(6)])
+  batches.close()
+  val = data._val_mask(120, config.data.val_fraction)  # pylint: disable=protected-access
+  assert sorted(seen) == np.flatnonzero(~val).tolist()
+  val_split = stream.open_split(config, 'val').load()
+  assert sorted(val_split.images[:, 0, 0, 0]) == np.flatnonzero(val).tolist()
+  # The same pixels and labels as the in-memory path.
+  memory = data.load_splits(config, ('train', 'val'))
+  np.testing.assert_array_equal(split.load().images, memory['train'].images)
+  np.testing.assert_array_equal(val_split.labels, memory['val'].labels)
+
+
+def test_loader_started_at_a_step_gives_that_steps_batch(numbered_cifar):
+  config = numbered_cifar
+  mesh = train.create_mesh()
+  split = stream.open_split(config, 'train')
+  from_zero = stream.TrainBatches(split, config, 0, mesh)
+  batches = [jax.device_get(next(from_zero)) for _ in range(9)]
+  from_zero.close()
+  resumed = stream.TrainBatches(split, config, 7, mesh)  # Mid second epoch.
+  for step in (7, 8):
+    batch = jax.device_get(next(resumed))
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(batch[key], batches[step][key])
+  resumed.close()
+  assert not np.array_equal(ids(batches[0]), ids(batches[6]))  # New epoch.
+
+
+def test_streamed_folder_trains_resumes_and_matches_in_memory(tmp_path):
+  root = make_folder(tmp_path / 'images', {'train': {'a': 30, 'b': 30}})
+  overrides = {'train.steps': 8, 'train.eval_every': 4,
+               'train.log_every': 2}
+  in_memory = str(tmp_path / 'memory')
+  train.train_and_evaluate(
+      folder_config(root, **overrides, **{'data.streaming': 'off'}), in_memory)
+  # auto, over budget: streams train and val instead of refusing.
+  tiny_budget = {'data.max_in_memory_gb': 1e-6, **overrides}
+  config = folder_config(root, **tiny_budget, **{'data.streaming': 'auto'})
+  assert stream.should_stream(config)
+  straight = str(tmp_path / 'straight')
+  summary = train.train_and_evaluate(config, straight)
+  assert summary['step'] == 8 and summary['val_accuracy'] is not None
+  # Stopped at step 3 and resumed: the batches from step 3 on are the same.
+  resumed = str(tmp_path / 'resumed')
+  config = folder_config(root, **overrides, **{'data.streaming': 'on'})
+  train.train_and_evaluate(config, resumed, stop_at_step=3)
+  train.train_and_evaluate(config, resumed)
+  step, params = restore_params(straight)
+  assert step == 8
+  jax.tree.map(np.testing.assert_array_equal, params,
+               restore_params(resumed)[1])
+  # Streaming changes where batches are built, not which: the same result.
+  jax.tree.map(np.testing.assert_array_equal, params,
+               restore_params(in_memory)[1])
+  # off keeps the refusal, and names the way out.
+  with pytest.raises(DataError, match=r'over data.max_in_memory_gb=1e-06.*'
+                     r'data.streaming=auto'):
+    train.train_and_evaluate(
+        folder_config(root, **tiny_budget, **{'data.streaming': 'off'}),
+        str(tmp_path / 'refused'))
+
+
+def test_corrupt_image_is_a_one_line_error_or_skipped(tmp_path, capsys):
+  root = make_folder(tmp_path, {'train': {'a': 12, 'b': 12}})
+  bad = corrupt(root, 'bad.png', 'garbage')
+  config = folder_config(root, **{'data.streaming': 'on',
+                                  'train.batch_size': 5})
+  split = stream.open_split(config, 'train')
+  with pytest.raises(DataError, match=r'bad.png is not a readable image') as e:
+    split.load()
+  assert '\n' not in str(e.value) and bad in str(e.value)
+  with pytest.raises(DataError, match=r'bad.png is not a readable image'):
+    batches = stream.TrainBatches(split, config, 0, train.create_mesh())
+    for _ in range(len(split) // 5):  # One epoch reads every example.
+      next(batches)
+  config.data.skip_corrupt = True
+  capsys.readouterr()
+  images = stream.open_split(config, 'train').load().images
+  assert len(images) == len(split)
+  assert capsys.readouterr().err.startswith(
+      f'warning: skipped unreadable image {bad}')
