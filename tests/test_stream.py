@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_config, write_cifar_bin
 from test_folder import corrupt, folder_config, make_folder
+from test_tfds import prepare, tfds_config
 from test_train import restore_params
 from resnet_jax import data, train
 from resnet_jax.data import stream
@@ -133,3 +134,16 @@ def test_corrupt_image_is_a_one_line_error_or_skipped(tmp_path, capsys):
   assert len(images) == len(split)
   assert capsys.readouterr().err.startswith(
       f'warning: skipped unreadable image {bad}')
+
+
+def test_tfds_array_record_streams_the_in_memory_pixels(tmp_path):
+  """Random access to TFDS's array_record files, 'val' carved, grayscale."""
+  prepare(tmp_path, {'train': 15, 'test': 4}, odd_sizes=True)
+  config = tfds_config(tmp_path, **{'data.grayscale': True,
+                                    'data.streaming': 'on'})
+  memory = data.load_splits(config, ('train', 'val', 'test'))
+  for name in ('train', 'val', 'test'):
+    streamed = stream.open_split(config, name).load()
+    assert streamed.images.shape[1:] == (16, 16, 1)
+    np.testing.assert_array_equal(streamed.images, memory[name].images)
+    np.testing.assert_array_equal(streamed.labels, memory[name].labels)
