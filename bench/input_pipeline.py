@@ -1,14 +1,21 @@
 """Input-pipeline throughput of each data source beside ResNet-20 training.
 
-    python bench/input_pipeline.py [--folder_images=2000] [--train_steps=8]
+    python bench/input_pipeline.py [--folder_images=2000] [--train_steps=24]
 
-Every source decodes its whole split once, on the host, into a uint8 array
-that goes to device memory; each training step then samples, crops, flips
-and normalizes its batch on the device inside the jitted step. So the rows
-are:
+A split that fits data.max_in_memory_gb is decoded once, on the host, into
+a uint8 array that goes to device memory; each training step then samples,
+crops, flips and normalizes its batch on the device inside the jitted step.
+A larger split is streamed (data.streaming, resnet_jax/data/stream.py): the
+host decodes every batch, every epoch. So the rows are:
 - host load: images/s of `source.load` (read + decode + resize), paid once
   per run; `epoch x` says how many training epochs' worth of time it costs
   (load time / time of one epoch at the measured training rate).
+- streaming: images/s of stream.TrainBatches (grain, data.decode_threads
+  threads; batches in training order, put on the device), paid every epoch;
+  `epoch x` = training rate / streaming rate, which must stay below 1 for
+  the pipeline not to be the bottleneck. The `processes` rows run the same
+  reads in grain's worker processes (mp_prefetch) instead of threads, to
+  show why threads were chosen.
 - on-device batch: jit of train.sample_batch + augment.random_crop_flip +
   augment.normalize alone, per step.
 - ResNet-20 train: the jitted train step (the above plus forward, backward
@@ -21,6 +28,7 @@ exists, the folder datasets are generated in a temporary directory, and tfds
 (when tensorflow-datasets is installed) is prepared there from PNG bytes.
 """
 import argparse
+import functools
 import io
 import os
 import platform
@@ -29,14 +37,16 @@ import sys
 import tempfile
 import time
 
+import grain
 import jax
+from absl import flags
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
 from resnet_jax import data, train  # pylint: disable=wrong-import-position
-from resnet_jax.data import augment, cifar10_binary, folder, synthetic  # pylint: disable=wrong-import-position
+from resnet_jax.data import augment, cifar10_binary, folder, stream, synthetic  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CIFAR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
@@ -66,6 +76,44 @@ def write_folder(root, n, shape, ext, num_classes=10):
                         f'{i:06d}.{ext}')
     Image.fromarray(pixels).save(path, quality=90) if ext == 'jpg' else \
         Image.fromarray(pixels).save(path)
+
+
+def streaming_rate(config, steps, mesh):
+  """Images/s of the streamed train batches, after the first one."""
+  config.data.streaming = 'on'
+  split = stream.open_split(config, 'train')
+  batches = stream.TrainBatches(split, config, 0, mesh)
+  try:
+    jax.block_until_ready(next(batches))  # Threads start, first batch.
+    seconds, _ = timed(lambda: jax.block_until_ready(
+        [next(batches) for _ in range(steps)]))
+  finally:
+    batches.close()
+  return steps * config.train.batch_size / seconds
+
+
+def _read_batch(split, batch_size, b):
+  return stream._stack([split.example((b * batch_size + j) % len(split))  # pylint: disable=protected-access
+                        for j in range(batch_size)])
+
+
+def process_rate(config, steps, workers):
+  """Images/s of the same reads in grain worker processes (mp_prefetch)."""
+  flags.FLAGS.mark_as_parsed()  # grain's workers read its absl flags.
+  split = stream.open_split(config, 'train')
+  batch_size = config.train.batch_size
+  dataset = (grain.MapDataset.range(steps + 2 * workers)
+             .map(functools.partial(_read_batch, split, batch_size))
+             .to_iter_dataset(grain.ReadOptions(num_threads=1))
+             .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
+  iterator = iter(dataset)
+  try:
+    for _ in range(2 * workers):  # Workers start (spawn, import JAX).
+      next(iterator)
+    seconds, _ = timed(lambda: [next(iterator) for _ in range(steps)])
+  finally:
+    iterator.close()
+  return steps * batch_size / seconds
 
 
 def tfds_rows(tmp, n, data_config):
@@ -111,8 +159,9 @@ def main():
   parser.add_argument('--synthetic_images', type=int, default=10000)
   parser.add_argument('--cifar_dir', default=DEFAULT_CIFAR)
   parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--train_steps', type=int, default=8)
+  parser.add_argument('--train_steps', type=int, default=24)
   parser.add_argument('--pipeline_steps', type=int, default=50)
+  parser.add_argument('--stream_steps', type=int, default=20)
   args = parser.parse_args()
 
   config = config_lib.base_config()  # ResNet-20, 32x32 RGB, 10 classes.
@@ -131,25 +180,40 @@ def main():
   else:
     rows.append(('cifar10_binary', None, f'{args.cifar_dir} absent'))
 
+  mesh = train.create_mesh()
   tmp = tempfile.mkdtemp(prefix='input_pipeline_')
   try:
-    for shape, ext, what in (((32, 32), 'png', 'folder in memory, 32x32 PNG'),
-                             ((32, 32), 'jpg', 'folder in memory, 32x32 JPEG'),
-                             ((256, 256), 'jpg', 'folder in memory, 256x256 JPEG -> 32')):
+    streamed = []
+    for shape, ext, what in (((32, 32), 'png', '32x32 PNG'),
+                             ((32, 32), 'jpg', '32x32 JPEG'),
+                             ((256, 256), 'jpg', '256x256 JPEG -> 32')):
       root = os.path.join(tmp, f'{ext}{shape[0]}')
       write_folder(root, args.folder_images, shape, ext)
-      data_config.dir = root
+      data_config.source, data_config.dir = 'folder', root
       seconds, (images, _) = timed(lambda: folder.load(data_config, 'train', 10))
-      rows.append((what, len(images) / seconds,
+      rows.append((f'folder in memory, {what}', len(images) / seconds,
                    f'{len(images)} images, {os.cpu_count()} threads'))
-    rows.append(('folder streaming', None, 'not implemented: a split over '
-                 'data.max_in_memory_gb is refused'))
+      rate = streaming_rate(config, args.stream_steps, mesh)
+      streamed.append((f'folder streaming, {what}', rate,
+                       f'{os.cpu_count()} threads, batch {args.batch_size}'))
+      data_config.streaming = 'auto'
+      if ext == 'jpg' and shape[0] > 32:
+        big_jpeg_root = root
+        rate = process_rate(config, args.stream_steps, os.cpu_count())
+        streamed.append((f'folder streaming, {what}, processes', rate,
+                         f'{os.cpu_count()} grain worker processes'))
+    if os.path.isdir(args.cifar_dir):
+      data_config.source, data_config.dir = 'cifar10_binary', args.cifar_dir
+      rate = streaming_rate(config, args.stream_steps, mesh)
+      streamed.append(('cifar10_binary streaming (memmap)', rate,
+                       f'{os.cpu_count()} threads, batch {args.batch_size}'))
     rows += tfds_rows(tmp, args.folder_images, data_config)
-  finally:
+    rows += streamed
+  except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    raise
 
   # The on-device batch: sample + crop/flip + normalize, as in the train step.
-  mesh = train.create_mesh()
   data_config.synthetic_examples = max(args.synthetic_images, 4 * args.batch_size)
   images, labels = synthetic.load(data_config, 'train', 10)
   train_data = train.put_replicated({'image': images, 'label': labels}, mesh)
@@ -186,6 +250,25 @@ def main():
   rows.append(('ResNet-20 train step (incl. on-device batch)', train_rate,
                f'batch {args.batch_size}, {args.train_steps} steps'))
 
+  # The same step fed by the streamed 256x256 JPEG folder: on a CPU-only
+  # machine decoding takes cores from the step, which this row shows.
+  data_config.source, data_config.dir = 'folder', big_jpeg_root
+  data_config.streaming = 'on'
+  batches = stream.TrainBatches(stream.open_split(config, 'train'), config, 0,
+                                mesh)
+  stream_fn = train.make_train_fn(config, mesh, normalization, streamed=True)
+  state, metrics = stream_fn(state, next(batches))  # Compiles.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(args.train_steps):
+    state, metrics = stream_fn(state, next(batches))
+  jax.block_until_ready(metrics)
+  batches.close()
+  shutil.rmtree(tmp, ignore_errors=True)
+  rows.append(('ResNet-20 train step, streamed 256px JPEG folder',
+               args.train_steps * args.batch_size / (time.perf_counter() - start),
+               f'batch {args.batch_size}, {args.train_steps} steps'))
+
   device = jax.devices()[0]
   print(f'command: python {" ".join(sys.argv)}')
   print(f'python {platform.python_version()}, jax {jax.__version__}, '
@@ -193,14 +276,15 @@ def main():
         f'device {device.platform}:{device.device_kind} x{jax.device_count()}, '
         f'{os.cpu_count()} CPU cores')
   print()
-  print(f'| {"what":46} | {"images/s":>9} | {"epoch x":>7} | note |')
-  print(f'|{"-" * 48}|{"-" * 11}|{"-" * 9}|------|')
+  print(f'| {"what":50} | {"images/s":>9} | {"epoch x":>7} | note |')
+  print(f'|{"-" * 52}|{"-" * 11}|{"-" * 9}|------|')
   for what, rate, note in rows:
     rate_text = f'{rate:9,.0f}' if rate else f'{"-":>9}'
     # Host loads run once: their cost in epochs of training at train_rate.
     host = rate and not what.startswith(('on-device', 'ResNet'))
+    # Streaming rows pay it every epoch: below 1 keeps the model fed.
     epochs = f'{train_rate / rate:7.3f}' if host else f'{"":7}'
-    print(f'| {what:46} | {rate_text} | {epochs} | {note} |')
+    print(f'| {what:50} | {rate_text} | {epochs} | {note} |')
 
 
 if __name__ == '__main__':

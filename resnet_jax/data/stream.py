@@ -10,11 +10,13 @@ batches ahead of the train step.
 
 Why grain: it is Google's maintained loader for JAX, needs no TensorFlow,
 and its MapDataset keeps random access through map and batch, so batch b can
-be built from b alone. Why threads, not grain's processes (mp_prefetch):
-Pillow releases the GIL while decoding and resizing, so threads scale over
-the cores; worker processes start by re-importing JAX (spawn), and their
-batches come back through shared memory, for no gain on the measured
-machine (see bench/input_pipeline.py and the README).
+be built from b alone. Why threads, not grain's worker processes
+(mp_prefetch): Pillow releases the GIL while decoding and resizing, so
+threads already use every core. On the 2-core machine of the README,
+processes were about 10% faster on 256x256 JPEG and no faster on 32x32,
+while they start by re-importing JAX (spawn), need absl flags parsed, copy
+the readers into every worker (a memmap would be copied whole) and compete
+for the same cores as the train step on a CPU-only machine.
 
 Batch order: batch b (the train state's step) holds the examples at
 positions [i * B, (i + 1) * B) of epoch e's permutation, (e, i) =
@@ -29,7 +31,6 @@ the global array is assembled with jax.make_array_from_process_local_data.
 """
 import math
 import os
-import sys
 import threading
 
 import grain
