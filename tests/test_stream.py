@@ -147,3 +147,15 @@ def test_tfds_array_record_streams_the_in_memory_pixels(tmp_path):
     assert streamed.images.shape[1:] == (16, 16, 1)
     np.testing.assert_array_equal(streamed.images, memory[name].images)
     np.testing.assert_array_equal(streamed.labels, memory[name].labels)
+
+
+def test_auto_counts_splits_without_reading_them(tmp_path, numbered_cifar):
+  """'auto' decides from counts (TFDS: its metadata, no data source)."""
+  for name, n in (('train', 96), ('val', 24)):
+    assert stream.split_size(numbered_cifar, name) == n
+  prepare(tmp_path, {'train': 15, 'test': 4})
+  config = tfds_config(tmp_path, **{'data.streaming': 'auto'})
+  assert stream.split_size(config, 'val') == 3
+  assert not stream.should_stream(config)
+  config.data.max_in_memory_gb = 1e-6
+  assert stream.should_stream(config)

@@ -55,9 +55,27 @@ def should_stream(config) -> bool:
   mode = config.data.streaming
   if mode != 'auto':
     return mode == 'on'
-  return any(not folder.fits_in_memory(len(open_split(config, name)),
-                                       config.data)
+  return any(not folder.fits_in_memory(split_size(config, name), config.data)
              for name in ('train', 'val'))
+
+
+def split_size(config, name: str) -> int:
+  """The example count of split `name`, without reading any example.
+
+  TFDS counts come from its metadata, so a dataset that cannot be streamed
+  (prepared as tfrecord) still loads in memory under 'auto'.
+  """
+  data_config, num_classes = config.data, config.model.num_classes
+  carve = 'val' not in data.SOURCES[data_config.source].splits(data_config)
+  stored = 'train' if carve and name == 'val' else name
+  if data_config.source == 'tfds':
+    n = tfds.num_examples(data_config, stored, num_classes)
+  else:
+    n = len(_READERS[data_config.source](data_config, stored, num_classes))
+  if not carve or name == 'test':
+    return n
+  num_val = int(round(n * data_config.val_fraction))  # As data._val_mask.
+  return num_val if name == 'val' else n - num_val
 
 
 def open_split(config, name: str) -> 'StreamedSplit':

@@ -69,6 +69,11 @@ def load(data_config, split: str, num_classes: int):
   return images[ok], labels
 
 
+def num_examples(data_config, split: str, num_classes: int) -> int:
+  builder, _, tfds_split, _, _ = _open(data_config, split, num_classes)
+  return builder.info.splits[tfds_split].num_examples
+
+
 def data_source(data_config, split: str, num_classes: int):
   """A random-access source of the split's encoded examples, for streaming.
 
