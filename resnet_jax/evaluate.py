@@ -36,16 +36,21 @@ def evaluate(config, workdir: str, which: str = 'best',
   config_lib.validate(config)
   mesh = train.create_mesh()
   state, step, meta = restore_for_inference(config, workdir, which, mesh)
-  examples = data.load_splits(config, (split,))[split]
+  examples = predict.load_split(config, split)
   names = list(data.class_names(config))
   if names != meta['class_names']:
     raise DataError(f'the data\'s classes {names[:5]}... differ from those '
                     f'checkpoint {step} was trained on '
                     f'{meta["class_names"][:5]}...: accuracy would be wrong')
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  metrics, _, predictions = predict.predict_split(
-      state, examples, normalization, config.train.eval_batch_size, mesh)
-  predict.write_confusion(workdir, split, step, examples.labels, predictions,
+  if isinstance(examples, data.Split):
+    metrics, _, predictions = predict.predict_split(
+        state, examples, normalization, config.train.eval_batch_size, mesh)
+    labels = examples.labels
+  else:  # Too large for memory: streamed from disk.
+    metrics, labels, predictions = predict.predict_streamed(
+        state, examples, normalization, config.train.eval_batch_size, mesh)
+  predict.write_confusion(workdir, split, step, labels, predictions,
                           meta['class_names'])
   return {'split': split, 'accuracy': metrics['accuracy'],
           'loss': metrics['loss'], 'num_examples': metrics['num_examples'],

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import data, evaluate, train
 from resnet_jax import config as config_lib
-from resnet_jax.data import augment, folder
+from resnet_jax.data import augment, folder, stream
 from resnet_jax.errors import ConfigError, DataError
 
 TOP_K = 5
@@ -74,6 +74,33 @@ def predict_split(state, split: data.Split, normalization, batch_size: int,
   n = len(split)
   return (metrics, probabilities.reshape(-1, probabilities.shape[-1])[:n],
           predictions.reshape(-1)[:n])
+
+
+def load_split(config, name: str):
+  """Split `name` for evaluation: a data.Split in memory, or, when it is too
+  large (data.streaming), a stream.StreamedSplit read batch by batch."""
+  if name in data.SPLITS and stream.should_stream_split(config, name):
+    return stream.open_split(config, name)
+  return data.load_splits(config, (name,))[name]
+
+
+def predict_streamed(state, split: stream.StreamedSplit, normalization,
+                     batch_size: int, mesh):
+  """(metrics, labels (N,), predictions (N,)) of a streamed split, decoding
+  one batch at a time (probabilities are not kept: N x classes may not fit)."""
+  loss_sum, labels, predictions = 0.0, [], []
+  for batch in split.batches(np.arange(len(split)), batch_size):
+    part = data.Split(batch['image'], batch['label'])
+    metrics, _, predicted = predict_split(state, part, normalization,
+                                          batch_size, mesh)
+    loss_sum += metrics['loss'] * len(part)
+    labels.append(part.labels)
+    predictions.append(predicted)
+  labels, predictions = np.concatenate(labels), np.concatenate(predictions)
+  metrics = {'loss': loss_sum / len(labels),
+             'accuracy': float(np.mean(labels == predictions)),
+             'num_examples': len(labels)}
+  return metrics, labels, predictions
 
 
 def _restore(config, workdir, which):
@@ -191,12 +218,15 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
     raise ConfigError(f'--num_samples={num_samples} must be >= 1')
   seed = config.seed if seed is None else seed
   state, step, meta, normalization, mesh = _restore(config, workdir, which)
-  examples = data.load_splits(config, (split,))[split]
+  examples = load_split(config, split)
   class_names = meta['class_names']
   count = min(num_samples, len(examples))
   indices = np.random.default_rng(seed).choice(len(examples), count,
                                                replace=False)
-  chosen = data.Split(examples.images[indices], examples.labels[indices])
+  if isinstance(examples, data.Split):
+    chosen = data.Split(examples.images[indices], examples.labels[indices])
+  else:
+    chosen = examples.load(indices)
   _, probabilities, predictions = predict_split(
       state, chosen, normalization, config.train.eval_batch_size, mesh)
   rows = [{'index': int(i), 'label': class_names[int(y)],

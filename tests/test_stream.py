@@ -159,3 +159,31 @@ def test_auto_counts_splits_without_reading_them(tmp_path, numbered_cifar):
   assert not stream.should_stream(config)
   config.data.max_in_memory_gb = 1e-6
   assert stream.should_stream(config)
+
+
+def test_evaluate_and_samples_stream_a_split_too_large_for_memory(tmp_path):
+  """--mode=evaluate/samples on a test split over budget: read from disk in
+  batches, with the in-memory metrics, confusion matrix and samples."""
+  from resnet_jax import evaluate, predict
+  root = make_folder(tmp_path / 'images', {'train': {'a': 20, 'b': 20},
+                                           'test': {'a': 13, 'b': 14}})
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(folder_config(root, **{'train.steps': 4}), workdir)
+  memory = folder_config(root, **{'data.streaming': 'off'})
+  streamed = folder_config(root, **{'data.max_in_memory_gb': 1e-6})
+  assert stream.should_stream_split(streamed, 'test')
+  assert isinstance(predict.load_split(streamed, 'test'), stream.StreamedSplit)
+  expected = evaluate.evaluate(memory, workdir, 'latest', 'test')
+  with open(tmp_path / 'run' / 'eval' / f'test_step{expected["step"]}' /
+            'per_class_accuracy.json') as f:
+    expected_per_class = f.read()
+  result = evaluate.evaluate(streamed, workdir, 'latest', 'test')
+  assert result['num_examples'] == expected['num_examples'] == 27
+  assert result['accuracy'] == expected['accuracy']
+  assert result['loss'] == pytest.approx(expected['loss'], rel=1e-6)
+  with open(tmp_path / 'run' / 'eval' / f'test_step{result["step"]}' /
+            'per_class_accuracy.json') as f:
+    assert f.read() == expected_per_class
+  rows = [predict.samples(c, workdir, 'latest', 'test', num_samples=5)['samples']
+          for c in (memory, streamed)]
+  assert rows[0] == rows[1]

@@ -59,6 +59,14 @@ def should_stream(config) -> bool:
              for name in ('train', 'val'))
 
 
+def should_stream_split(config, name: str) -> bool:
+  """Whether split `name` alone (evaluation, samples) is read from disk."""
+  mode = config.data.streaming
+  if mode != 'auto':
+    return mode == 'on'
+  return not folder.fits_in_memory(split_size(config, name), config.data)
+
+
 def split_size(config, name: str) -> int:
   """The example count of split `name`, without reading any example.
 
