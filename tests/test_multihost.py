@@ -46,3 +46,19 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   # Process 0 alone writes the history: each record once.
   lines = (tmp_path / 'multi' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == len(set(lines))
+
+
+def test_two_processes_streaming_match_one_process_in_memory(tmp_path):
+  """Streamed, each process reads only its half of every batch; the global
+  batch is the one a single in-memory process samples."""
+  config = tiny_config(**{'train.steps': 4, 'train.eval_every': 4})
+  config.data.streaming = 'on'
+  run_two_processes(config, tmp_path / 'multi')
+  config.data.streaming = 'off'
+  single = run_cli(cli_args(config, tmp_path / 'single'),
+                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr
+  step_a, a = restore_params(str(tmp_path / 'multi'))
+  step_b, b = restore_params(str(tmp_path / 'single'))
+  assert step_a == step_b == 4
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)

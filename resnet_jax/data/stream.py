@@ -194,7 +194,7 @@ class _EpochOrder:
     with self._lock:
       if epoch not in self._cache:
         try:
-          device = jax.devices('cpu')[0]
+          device = jax.local_devices(backend='cpu')[0]  # This process's own.
         except RuntimeError:  # No CPU backend: the default device is as exact.
           device = None
         with jax.default_device(device):
