@@ -310,6 +310,90 @@ def load_train_val(config, streamed: bool):
   return splits, stream.channel_stats(splits['train'])
 
 
+class ProgressLog:
+  """Train metrics every train.log_every steps and validation metrics, to the
+  reporter (files, TensorBoard, plots) and the progress bar (process 0)."""
+
+  def __init__(self, config, reporter, start: int, steps_per_epoch: int):
+    self.config, self.reporter = config, reporter
+    self.steps_per_epoch = steps_per_epoch
+    self.bar = tqdm(total=config.train.steps, initial=start, unit='step',
+                    dynamic_ncols=True, disable=jax.process_index() != 0)
+    self.last_log, self.images_per_sec, self.skipped = None, None, 0
+
+  def train(self, step: int, pending: list):
+    """Fetches the metrics of the steps up to `step` and records their mean."""
+    fetched = jax.device_get(pending)
+    self.skipped += check_finite(fetched, step - len(fetched) + 1,
+                                 self.config.train.on_nonfinite)
+    now = time.perf_counter()
+    if self.last_log is not None:  # The first interval includes compilation.
+      self.images_per_sec = (len(fetched) * self.config.train.batch_size
+                             / (now - self.last_log))
+    self.last_log = now
+    record = {k: float(np.mean([m[k] for m in fetched]))
+              for k in ('loss', 'accuracy')}
+    record['learning_rate'] = float(fetched[-1]['learning_rate'])
+    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
+                         **{f'train_{k}': v for k, v in record.items()},
+                         'images_per_sec': self.images_per_sec,
+                         'skipped_steps': self.skipped})
+    self.bar.set_postfix(loss=f'{record["loss"]:.3f}',
+                         acc=f'{record["accuracy"]:.3f}',
+                         lr=f'{record["learning_rate"]:.4f}',
+                         img_s=f'{self.images_per_sec or 0:.0f}')
+    self.bar.update(step - self.bar.n)
+
+  def validation(self, step: int, val: dict):
+    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
+                         'val_loss': val['loss'],
+                         'val_accuracy': val['accuracy']})
+    self.reporter.evaluated()
+    if jax.process_index() == 0:
+      self.bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
+                     f'val_accuracy {val["accuracy"]:.4f}')
+    self.last_log = time.perf_counter()  # Evaluation time is not training time.
+
+  def close(self):
+    self.bar.close()
+
+
+def check_validation(val: dict, step: int, on_nonfinite: str) -> bool:
+  """Whether the validation loss is finite; stops the run if not (stop)."""
+  finite = bool(np.isfinite(val['loss']))
+  if not finite and on_nonfinite == 'stop':
+    raise TrainingDiverged(
+        f'non-finite validation loss at step {step}; not saved, the last good '
+        'checkpoint is kept (lower train.learning_rate, or set '
+        'train.on_nonfinite=skip)')
+  return finite
+
+
+def make_inputs(config, splits, normalization, start: int, mesh, streamed):
+  """(train_inputs, train_fn, run_eval) for in-memory or streamed splits.
+
+  The loop calls train_fn(state, next(train_inputs)) each step: the whole
+  dataset on the devices (train_fn samples the batch), or the step's streamed
+  batch. run_eval(state) gives the validation metrics.
+  """
+  if streamed:
+    train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
+  else:
+    train_inputs = itertools.repeat(put_replicated(
+        {'image': splits['train'].images, 'label': splits['train'].labels},
+        mesh))
+  train_fn = make_train_fn(config, mesh, normalization, streamed)
+  eval_fn = make_eval_fn(normalization)
+  batch_size = config.train.eval_batch_size
+  if isinstance(splits['val'], data.Split):
+    val_data = put_eval_chunks(splits['val'], batch_size, mesh)
+    run_eval = lambda state: evaluate(eval_fn, state, val_data)
+  else:
+    run_eval = lambda state: stream.evaluate(eval_fn, state, splits['val'],
+                                             batch_size, mesh)
+  return train_inputs, train_fn, run_eval
+
+
 def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
                        restart: bool = False) -> dict:
   """Trains (or resumes) in `workdir`; returns the last validation metrics.
@@ -338,33 +422,13 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-  reporter = reporting.Reporter(workdir, config, resume_step=start)
+  train_inputs, train_fn, run_eval = make_inputs(
+      config, splits, normalization, start, mesh, streamed)
+  log = ProgressLog(config, reporting.Reporter(workdir, config, start), start,
+                    len(splits['train']) // config.train.batch_size)
 
-  # The loop takes next(train_inputs) each step: the whole dataset on the
-  # devices (train_fn samples), or the step's streamed batch.
-  if streamed:
-    train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
-  else:
-    train_inputs = itertools.repeat(put_replicated(
-        {'image': splits['train'].images, 'label': splits['train'].labels},
-        mesh))
-  train_fn = make_train_fn(config, mesh, normalization, streamed)
-  eval_fn = make_eval_fn(normalization)
-  if isinstance(splits['val'], data.Split):
-    val_data = put_eval_chunks(splits['val'], config.train.eval_batch_size,
-                               mesh)
-    run_eval = lambda state: evaluate(eval_fn, state, val_data)
-  else:
-    run_eval = lambda state: stream.evaluate(
-        eval_fn, state, splits['val'], config.train.eval_batch_size, mesh)
-
-  total_steps = config.train.steps
-  end = min(total_steps, stop_at_step) if stop_at_step else total_steps
-  steps_per_epoch = len(splits['train']) // config.train.batch_size
-  pending, last_log, images_per_sec, val, skipped = [], None, None, {}, 0
-  saved_step = start
-  bar = tqdm(total=total_steps, initial=start, unit='step', dynamic_ncols=True,
-             disable=jax.process_index() != 0)
+  end = min(config.train.steps, stop_at_step or config.train.steps)
+  pending, val, saved_step = [], {}, start
   try:
     with StopSignals() as signals:
       for step in range(start + 1, end + 1):
@@ -372,48 +436,17 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
         pending.append(metrics)
         log_now = step % config.train.log_every == 0 or step == end
         if log_now:
-          fetched = jax.device_get(pending)
-          skipped += check_finite(fetched, step - len(fetched) + 1,
-                                  config.train.on_nonfinite)
-          now = time.perf_counter()
-          if last_log is not None:  # The first interval includes compilation.
-            images_per_sec = (len(pending) * config.train.batch_size
-                              / (now - last_log))
-          last_log = now
-          record = {k: float(np.mean([m[k] for m in fetched]))
-                    for k in ('loss', 'accuracy')}
-          record['learning_rate'] = float(fetched[-1]['learning_rate'])
-          reporter.write({'step': step, 'epoch': step / steps_per_epoch,
-                          **{f'train_{k}': v for k, v in record.items()},
-                          'images_per_sec': images_per_sec,
-                          'skipped_steps': skipped})
-          bar.set_postfix(loss=f'{record["loss"]:.3f}',
-                          acc=f'{record["accuracy"]:.3f}',
-                          lr=f'{record["learning_rate"]:.4f}',
-                          img_s=f'{images_per_sec or 0:.0f}')
-          bar.update(step - bar.n)
+          log.train(step, pending)
           pending = []
         if step % config.train.eval_every == 0 or step == end:
           val = run_eval(state)
-          finite_val = bool(np.isfinite(val['loss']))
-          if not finite_val and config.train.on_nonfinite == 'stop':
-            raise TrainingDiverged(
-                f'non-finite validation loss at step {step}; not saved, the '
-                'last good checkpoint is kept (lower '
-                'train.learning_rate, or set train.on_nonfinite=skip)')
-          reporter.write({'step': step, 'epoch': step / steps_per_epoch,
-                          'val_loss': val['loss'],
-                          'val_accuracy': val['accuracy']})
-          reporter.evaluated()
-          if jax.process_index() == 0:
-            bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
-                      f'val_accuracy {val["accuracy"]:.4f}')
+          finite = check_validation(val, step, config.train.on_nonfinite)
+          log.validation(step, val)
           # A non-finite validation loss must not rank as a best checkpoint.
           checkpoint.save(manager, step, state, meta, metrics={
               'val_accuracy': val['accuracy'], 'val_loss': val['loss']}
-                          if finite_val else None)
+                          if finite else None)
           saved_step = step
-          last_log = time.perf_counter()  # Evaluation time is not training time.
         # Processes agree on stopping at log steps; alone, one stops at once.
         signum = (signals.any_process_stopping()
                   if log_now or jax.process_count() == 1 else 0)
@@ -422,14 +455,14 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
             checkpoint.save(manager, step, state, meta)
           raise Interrupted(signum, step, manager.directory)
   finally:  # Whatever stops the loop, pending saves complete.
-    bar.close()
+    log.close()
     if streamed:
       train_inputs.close()
     manager.wait_until_finished()
     manager.close()
   summary = {'step': end, 'val_accuracy': val.get('accuracy'),
-             'val_loss': val.get('loss'), 'images_per_sec': images_per_sec,
+             'val_loss': val.get('loss'), 'images_per_sec': log.images_per_sec,
              'num_params': sum(p.size for p in jax.tree.leaves(state.params)),
              'wall_time_s': time.perf_counter() - run_start}
-  reporter.finish(summary)
+  log.reporter.finish(summary)
   return summary
