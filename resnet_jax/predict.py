@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import data, evaluate, train
 from resnet_jax import config as config_lib
-from resnet_jax.data import augment, folder, stream
+from resnet_jax.data import folder, stream
 from resnet_jax.errors import ConfigError, DataError
 
 TOP_K = 5
@@ -44,16 +44,8 @@ def make_predict_fn(normalization, mesh):
 
   def predict_fn(state, eval_data):
     def body(totals, batch):
-      images = augment.normalize(batch['image'], *normalization)
-      logits = state.apply_fn(
-          {'params': state.params, 'batch_stats': state.batch_stats}, images,
-          train=False)
+      sums, logits = train.eval_step(state, batch, normalization=normalization)
       predictions = jnp.argmax(logits, -1)
-      mask = batch['mask']
-      loss = train.cross_entropy(logits, batch['label'])
-      sums = {'loss': jnp.sum(loss * mask),
-              'correct': jnp.sum((predictions == batch['label']) * mask),
-              'count': jnp.sum(mask)}
       probabilities = jax.nn.softmax(logits.astype(jnp.float32), -1)
       return jax.tree.map(jnp.add, totals, sums), (probabilities, predictions)
     zeros = jax.tree.map(jnp.asarray, {'loss': 0.0, 'correct': 0, 'count': 0})

@@ -104,7 +104,7 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
 
 
 def eval_step(state, batch, *, normalization):
-  """Sums of loss and correct predictions over the unmasked examples."""
+  """(sums of loss and correct predictions over the unmasked examples, logits)."""
   images = augment.normalize(batch['image'], *normalization)
   logits = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images,
@@ -112,8 +112,9 @@ def eval_step(state, batch, *, normalization):
   loss = cross_entropy(logits, batch['label'])
   correct = jnp.argmax(logits, -1) == batch['label']
   mask = batch['mask']
-  return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
           'count': jnp.sum(mask)}
+  return sums, logits
 
 
 def sample_batch(train_data, step, order_key, batch_size):
@@ -159,7 +160,7 @@ def make_eval_fn(normalization):
 
   def eval_fn(state, eval_data):
     def body(totals, batch):
-      sums = eval_step(state, batch, normalization=normalization)
+      sums, _ = eval_step(state, batch, normalization=normalization)
       return jax.tree.map(jnp.add, totals, sums), None
     zeros = {'loss': 0.0, 'correct': 0, 'count': 0}
     zeros = jax.tree.map(jnp.asarray, zeros)
