@@ -30,19 +30,25 @@ def run_two_processes(config, workdir, *extra):
   return [out for out, _ in outputs]
 
 
+def assert_matches_one_process(config, tmp_path, multi, steps):
+  """A 1-process run on 4 devices ends with the parameters of `multi`."""
+  single = run_cli(cli_args(config, tmp_path / 'single'),
+                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert single.returncode == 0, single.stderr
+  step_a, a = restore_params(str(multi))
+  step_b, b = restore_params(str(tmp_path / 'single'))
+  assert step_a == step_b == steps
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                       atol=1e-5), a, b)
+
+
 def test_two_processes_match_one_process_and_resume(tmp_path):
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 3})
   # Interrupted at step 3, then resumed by both processes.
   run_two_processes(config, tmp_path / 'multi', '--stop_at_step=3')
   assert restore_params(str(tmp_path / 'multi'))[0] == 3
   run_two_processes(config, tmp_path / 'multi')
-  single = run_cli(cli_args(config, tmp_path / 'single'),
-                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
-  assert single.returncode == 0, single.stderr
-  step_a, a = restore_params(str(tmp_path / 'multi'))
-  step_b, b = restore_params(str(tmp_path / 'single'))
-  assert step_a == step_b == 6
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+  assert_matches_one_process(config, tmp_path, tmp_path / 'multi', 6)
   # Process 0 alone writes the history: each record once.
   lines = (tmp_path / 'multi' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == len(set(lines))
@@ -55,10 +61,4 @@ def test_two_processes_streaming_match_one_process_in_memory(tmp_path):
   config.data.streaming = 'on'
   run_two_processes(config, tmp_path / 'multi')
   config.data.streaming = 'off'
-  single = run_cli(cli_args(config, tmp_path / 'single'),
-                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
-  assert single.returncode == 0, single.stderr
-  step_a, a = restore_params(str(tmp_path / 'multi'))
-  step_b, b = restore_params(str(tmp_path / 'single'))
-  assert step_a == step_b == 4
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+  assert_matches_one_process(config, tmp_path, tmp_path / 'multi', 4)
