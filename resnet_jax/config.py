@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1_000
   c.train.log_every = 50
   c.train.eval_batch_size = 1_000
+  # Evaluate on the mean logits of each image and its mirror image (flip
+  # test-time augmentation): validation, --mode=evaluate/samples/predict.
+  c.train.eval_flip = False
   return c
 
 

@@ -45,11 +45,13 @@ def evaluate(config, workdir: str, which: str = 'best',
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   if isinstance(examples, data.Split):
     metrics, _, predictions = predict.predict_split(
-        state, examples, normalization, config.train.eval_batch_size, mesh)
+        state, examples, normalization, config.train.eval_batch_size, mesh,
+        config.train.eval_flip)
     labels = examples.labels
   else:  # Too large for memory: streamed from disk.
     metrics, labels, predictions = predict.predict_streamed(
-        state, examples, normalization, config.train.eval_batch_size, mesh)
+        state, examples, normalization, config.train.eval_batch_size, mesh,
+        config.train.eval_flip)
   predict.write_confusion(workdir, split, step, labels, predictions,
                           meta['class_names'])
   return {'split': split, 'accuracy': metrics['accuracy'],

@@ -33,7 +33,7 @@ DPI = 100
 TILE_WIDTH, TILE_HEIGHT = 1.8, 2.0
 
 
-def make_predict_fn(normalization, mesh):
+def make_predict_fn(normalization, mesh, flip=False):
   """Jitted (state, eval_data) -> (sums, probabilities, predictions).
 
   One pass over the padded chunks of `train.put_eval_chunks`: the masked sums
@@ -44,7 +44,8 @@ def make_predict_fn(normalization, mesh):
 
   def predict_fn(state, eval_data):
     def body(totals, batch):
-      sums, logits = train.eval_step(state, batch, normalization=normalization)
+      sums, logits = train.eval_step(state, batch, normalization=normalization,
+                                     flip=flip)
       predictions = jnp.argmax(logits, -1)
       probabilities = jax.nn.softmax(logits.astype(jnp.float32), -1)
       return jax.tree.map(jnp.add, totals, sums), (probabilities, predictions)
@@ -55,11 +56,11 @@ def make_predict_fn(normalization, mesh):
 
 
 def predict_split(state, split: data.Split, normalization, batch_size: int,
-                  mesh):
+                  mesh, flip=False):
   """(metrics, probabilities (N, C), predictions (N,)) for every example."""
   eval_data = train.put_eval_chunks(split, batch_size, mesh)
   sums, (probabilities, predictions) = jax.device_get(
-      make_predict_fn(normalization, mesh)(state, eval_data))
+      make_predict_fn(normalization, mesh, flip)(state, eval_data))
   count = int(sums['count'])
   metrics = {'loss': float(sums['loss']) / count,
              'accuracy': float(sums['correct']) / count, 'num_examples': count}
@@ -77,14 +78,14 @@ def load_split(config, name: str):
 
 
 def predict_streamed(state, split: stream.StreamedSplit, normalization,
-                     batch_size: int, mesh):
+                     batch_size: int, mesh, flip=False):
   """(metrics, labels (N,), predictions (N,)) of a streamed split, decoding
   one batch at a time (probabilities are not kept: N x classes may not fit)."""
   loss_sum, labels, predictions = 0.0, [], []
   for batch in split.batches(np.arange(len(split)), batch_size):
     part = data.Split(batch['image'], batch['label'])
     metrics, _, predicted = predict_split(state, part, normalization,
-                                          batch_size, mesh)
+                                          batch_size, mesh, flip)
     loss_sum += metrics['loss'] * len(part)
     labels.append(part.labels)
     predictions.append(predicted)
@@ -220,7 +221,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   else:
     chosen = examples.load(indices)
   _, probabilities, predictions = predict_split(
-      state, chosen, normalization, config.train.eval_batch_size, mesh)
+      state, chosen, normalization, config.train.eval_batch_size, mesh,
+      config.train.eval_flip)
   rows = [{'index': int(i), 'label': class_names[int(y)],
            'prediction': class_names[int(p)],
            'probability': float(probabilities[n, p]), 'correct': bool(y == p)}
@@ -345,7 +347,8 @@ def predict(config, workdir: str, which: str = 'best', images: str = '',
   class_names = meta['class_names']
   split = data.Split(decoded, np.zeros(len(paths), np.int32))
   _, probabilities, _ = predict_split(
-      state, split, normalization, config.train.eval_batch_size, mesh)
+      state, split, normalization, config.train.eval_batch_size, mesh,
+      config.train.eval_flip)
   k = min(TOP_K, len(class_names))
   results = []
   for path, p in zip(paths, probabilities):

@@ -103,12 +103,18 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   return new_state, metrics
 
 
-def eval_step(state, batch, *, normalization):
-  """(sums of loss and correct predictions over the unmasked examples, logits)."""
+def eval_step(state, batch, *, normalization, flip=False):
+  """(sums of loss and correct predictions over the unmasked examples, logits).
+
+  With `flip`, the logits are the mean of the image's and its mirror's.
+  """
   images = augment.normalize(batch['image'], *normalization)
-  logits = state.apply_fn(
+  forward = lambda images: state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats}, images,
       train=False)
+  logits = forward(images)
+  if flip:
+    logits = (logits + forward(images[:, :, ::-1])) / 2
   loss = cross_entropy(logits, batch['label'])
   correct = jnp.argmax(logits, -1) == batch['label']
   mask = batch['mask']
@@ -155,12 +161,13 @@ def make_train_fn(config, mesh, normalization, streamed=False):
                      config.model.conv_impl))
 
 
-def make_eval_fn(normalization):
+def make_eval_fn(normalization, flip=False):
   """Jitted (state, eval_data) -> sums, scanning over the padded chunks."""
 
   def eval_fn(state, eval_data):
     def body(totals, batch):
-      sums, _ = eval_step(state, batch, normalization=normalization)
+      sums, _ = eval_step(state, batch, normalization=normalization,
+                          flip=flip)
       return jax.tree.map(jnp.add, totals, sums), None
     zeros = {'loss': 0.0, 'correct': 0, 'count': 0}
     zeros = jax.tree.map(jnp.asarray, zeros)
@@ -384,7 +391,7 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
         {'image': splits['train'].images, 'label': splits['train'].labels},
         mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
-  eval_fn = make_eval_fn(normalization)
+  eval_fn = make_eval_fn(normalization, config.train.eval_flip)
   batch_size = config.train.eval_batch_size
   if isinstance(splits['val'], data.Split):
     val_data = put_eval_chunks(splits['val'], batch_size, mesh)

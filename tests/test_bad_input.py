@@ -31,6 +31,7 @@ INVALID_VALUES = {
     'train.weight_decay': -1e-4, 'train.label_smoothing': 1.0,
     'train.dtype': 'int8', 'train.on_nonfinite': 'ignore',
     'train.eval_every': 0, 'train.log_every': 0, 'train.eval_batch_size': 0,
+    'train.eval_flip': None,
 }
 # data.dir and data.name only matter to the sources that read them.
 SOURCE_FOR = {'data.dir': 'cifar10_binary', 'data.name': 'tfds'}

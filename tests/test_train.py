@@ -61,6 +61,34 @@ def test_evaluate_restored_checkpoint_reproduces_validation_metrics(tmp_path):
   assert evaluated['loss'] == pytest.approx(result['val_loss'], rel=1e-5)
 
 
+def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
+  """train.eval_flip: logits are the mean over the image and its mirror, so
+  they do not change when the input is mirrored; the run and --mode=evaluate
+  agree on it, and it differs from single-view evaluation."""
+  config = tiny_config(**{'train.eval_flip': True, 'train.steps': 6})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  evaluated = evaluate.evaluate(config, str(tmp_path), 'latest', 'val')
+  assert evaluated['loss'] == pytest.approx(result['val_loss'], rel=1e-5)
+  single = evaluate.evaluate(tiny_config(), str(tmp_path), 'latest', 'val')
+  assert single['loss'] != pytest.approx(evaluated['loss'], rel=1e-5)
+  mesh = train.create_mesh()
+  state = evaluate.restore_for_inference(config, str(tmp_path), 'latest',
+                                         mesh)[0]
+  images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8)
+  batch = {'image': images, 'label': np.zeros(4, np.int32),
+           'mask': np.ones(4, np.float32)}
+  mirrored = {**batch, 'image': images[:, :, ::-1]}
+  norm = ([0.5] * 3, [0.25] * 3)
+  _, logits = train.eval_step(state, batch, normalization=norm, flip=True)
+  _, logits_m = train.eval_step(state, mirrored, normalization=norm, flip=True)
+  np.testing.assert_allclose(logits, logits_m, rtol=1e-5, atol=1e-5)
+  _, plain = train.eval_step(state, batch, normalization=norm)
+  _, plain_m = train.eval_step(state, mirrored, normalization=norm)
+  np.testing.assert_allclose(logits, (plain + plain_m) / 2, rtol=1e-5,
+                             atol=1e-5)
+  assert not np.allclose(plain, plain_m, rtol=1e-5, atol=1e-5)
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path):
   config = tiny_config()
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
