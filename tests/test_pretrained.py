@@ -1,0 +1,101 @@
+"""The checkpoints shipped in pretrained/: each restores into the model its
+config.json describes, refuses another architecture, predicts from the
+command line without writing to its folder, and is as accurate as the README
+says on real CIFAR-10 validation images."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_DATA, REPO, run_cli
+from resnet_jax import data, evaluate, predict, train
+from resnet_jax.errors import CheckpointError
+
+PRETRAINED = os.path.join(REPO, 'pretrained')
+RUNS = sorted(d for d in os.listdir(PRETRAINED)
+              if os.path.isdir(os.path.join(PRETRAINED, d)))
+CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                   'frog', 'horse', 'ship', 'truck']
+# Validation accuracy (5,000 held-out training images) each must reach on
+# this machine's CPU; the README's table has the exact figures.
+MIN_ACCURACY = {'resnet20_conv_fast': 0.91}
+
+
+def load_config(run):
+  with open(os.path.join(PRETRAINED, run, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.data.source = 'cifar10_binary'
+  config.data.dir = REAL_DATA
+  return config
+
+
+def require_real_data():
+  if not os.path.isdir(REAL_DATA):
+    message = f'real CIFAR-10 not found at {REAL_DATA}'
+    if os.environ.get('RESNET_JAX_REQUIRE_DATA'):
+      pytest.fail(message + ' (RESNET_JAX_REQUIRE_DATA is set)')
+    pytest.skip(message)
+
+
+def test_every_shipped_run_has_a_threshold():
+  assert RUNS and set(RUNS) == set(MIN_ACCURACY)
+
+
+@pytest.mark.parametrize('run', RUNS)
+def test_restores_with_its_architecture_and_refuses_another(run):
+  config = load_config(run)
+  state, _, meta = evaluate.restore_for_inference(
+      config, os.path.join(PRETRAINED, run), 'best', train.create_mesh())
+  assert meta['class_names'] == CIFAR10_CLASSES
+  model = train.create_model(config)
+  expected = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                        train=False)['params']
+  assert (jax.tree.map(np.shape, state.params)
+          == jax.tree.map(np.shape, expected))
+  config.model.shortcut = 'zeropad' if config.model.shortcut == 'conv' else 'conv'
+  with pytest.raises(CheckpointError, match='another architecture'):
+    evaluate.restore_for_inference(config, os.path.join(PRETRAINED, run),
+                                   'best', train.create_mesh())
+
+
+@pytest.mark.parametrize('run', RUNS)
+def test_accuracy_and_command_line_prediction(run, tmp_path):
+  require_real_data()
+  config = load_config(run)
+  folder = os.path.join(PRETRAINED, run)
+  mesh = train.create_mesh()
+  state, _, meta = evaluate.restore_for_inference(config, folder, 'best', mesh)
+  val = data.load_splits(config, ('val',))['val']
+  normalization = (meta['normalization']['mean'], meta['normalization']['std'])
+  metrics, probabilities, predictions = predict.predict_split(
+      state, val, normalization, 1000, mesh, config.train.eval_flip)
+  assert metrics['num_examples'] == 5000
+  assert metrics['accuracy'] >= MIN_ACCURACY[run]
+  # --mode=predict on PNG files of three validation images gives the same
+  # top class as above, and leaves the shipped folder untouched.
+  paths = []
+  for i in range(3):
+    paths.append(str(tmp_path / f'val{i}.png'))
+    Image.fromarray(val.images[i]).save(paths[-1])
+  before = subprocess.run(['git', 'status', '--porcelain', '--ignored',
+                           folder], cwd=REPO, capture_output=True, text=True)
+  result = run_cli([sys.executable, '-m', 'resnet_jax.main',
+                    f'--config={REPO}/configs/resnet_conv.py',
+                    f'--workdir={folder}', '--mode=predict', '--json',
+                    f'--images={",".join(paths)}']
+                   + [f'--config.{k}={config[k.split(".")[0]][k.split(".")[1]]}'
+                      for k in ('model.shortcut', 'model.name',
+                                'model.num_layers', 'train.eval_flip')])
+  assert result.returncode == 0, result.stderr
+  top = [p['top'][0]['label']
+         for p in json.loads(result.stdout.splitlines()[-1])['predictions']]
+  assert top == predictions[:3].tolist()
+  after = subprocess.run(['git', 'status', '--porcelain', '--ignored', folder],
+                         cwd=REPO, capture_output=True, text=True)
+  assert after.stdout == before.stdout
