@@ -9,7 +9,11 @@ import re
 
 import numpy as np
 
+from resnet_jax.data import folder
 from resnet_jax.errors import DataError
+
+# What data.dir must be, for the message when it is not.
+DIR_WANTED = 'cifar-10-batches-bin folder'
 
 RECORD_BYTES = 1 + 32 * 32 * 3
 DEFAULT_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
@@ -30,7 +34,7 @@ def _split_files(data_dir: str, split: str) -> list[str]:
 
 def splits(data_config) -> tuple[str, ...]:
   """The splits whose files are present ('val' is carved from 'train')."""
-  _check_dir(data_config.dir)
+  folder.check_dir(data_config.dir, DIR_WANTED)
   return tuple(s for s in ('train', 'test')
                if _split_files(data_config.dir, s))
 
@@ -48,7 +52,7 @@ def open_records(data_config, split: str) -> list[tuple[str, np.ndarray]]:
 
   For streaming: records are read from disk only when indexed.
   """
-  _check_dir(data_config.dir)
+  folder.check_dir(data_config.dir, DIR_WANTED)
   files = _split_files(data_config.dir, split)
   _check_present(files, data_config.dir, split)
   return [(f, np.memmap(f, np.uint8, 'r', shape=(_check_size(f), RECORD_BYTES)))
@@ -83,7 +87,7 @@ def _check_present(files, data_dir, split):
 
 def load(data_config, split: str, num_classes: int):
   """Returns (images, labels) of 'train' (all data_batch_*.bin) or 'test'."""
-  _check_dir(data_config.dir)
+  folder.check_dir(data_config.dir, DIR_WANTED)
   files = _split_files(data_config.dir, split)
   _check_present(files, data_config.dir, split)
   parts = [read_file(f, num_classes) for f in files]
@@ -99,11 +103,3 @@ def class_names(data_config) -> tuple[str, ...]:
     if names:
       return names
   return DEFAULT_CLASS_NAMES
-
-
-def _check_dir(data_dir: str):
-  if not data_dir:
-    raise DataError('data.dir is not set: pass --config.data.dir=PATH to the '
-                    'cifar-10-batches-bin folder')
-  if not os.path.isdir(data_dir):
-    raise DataError(f'data.dir {data_dir!r} is not a folder')

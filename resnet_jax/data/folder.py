@@ -36,7 +36,7 @@ CHUNK = 64  # Images per thread-pool task.
 
 def splits(data_config) -> tuple[str, ...]:
   """The split folders present under data.dir."""
-  _check_dir(data_config.dir)
+  check_dir(data_config.dir)
   return tuple(s for s in SPLIT_FOLDERS
                if os.path.isdir(os.path.join(data_config.dir, s)))
 
@@ -222,10 +222,12 @@ def _preview(names, limit=5) -> str:
   return shown + (f', … {len(names) - limit} more' if len(names) > limit else '')
 
 
-def _check_dir(data_dir: str):
+def check_dir(data_dir: str,
+              what: str = 'folder holding train/ (and optionally val/, test/)'):
+  """data.dir is set and is a folder; `what` says what it should be."""
   if not data_dir:
-    raise DataError('data.dir is not set: pass --config.data.dir=PATH to the '
-                    'folder holding train/ (and optionally val/, test/)')
+    raise DataError(f'data.dir is not set: pass --config.data.dir=PATH to the '
+                    f'{what}')
   if not os.path.isdir(data_dir):
     raise DataError(f'data.dir {data_dir!r} is not a folder')
 
