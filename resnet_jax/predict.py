@@ -58,9 +58,14 @@ def make_predict_fn(normalization, mesh, flip=False):
 def predict_split(state, split: data.Split, normalization, batch_size: int,
                   mesh, flip=False):
   """(metrics, probabilities (N, C), predictions (N,)) for every example."""
+  return _predict(make_predict_fn(normalization, mesh, flip), state, split,
+                  batch_size, mesh)
+
+
+def _predict(predict_fn, state, split: data.Split, batch_size: int, mesh):
   eval_data = train.put_eval_chunks(split, batch_size, mesh)
   sums, (probabilities, predictions) = jax.device_get(
-      make_predict_fn(normalization, mesh, flip)(state, eval_data))
+      predict_fn(state, eval_data))
   count = int(sums['count'])
   metrics = {'loss': float(sums['loss']) / count,
              'accuracy': float(sums['correct']) / count, 'num_examples': count}
@@ -81,11 +86,11 @@ def predict_streamed(state, split: stream.StreamedSplit, normalization,
                      batch_size: int, mesh, flip=False):
   """(metrics, labels (N,), predictions (N,)) of a streamed split, decoding
   one batch at a time (probabilities are not kept: N x classes may not fit)."""
+  predict_fn = make_predict_fn(normalization, mesh, flip)  # Compiled once.
   loss_sum, labels, predictions = 0.0, [], []
   for batch in split.batches(np.arange(len(split)), batch_size):
     part = data.Split(batch['image'], batch['label'])
-    metrics, _, predicted = predict_split(state, part, normalization,
-                                          batch_size, mesh, flip)
+    metrics, _, predicted = _predict(predict_fn, state, part, batch_size, mesh)
     loss_sum += metrics['loss'] * len(part)
     labels.append(part.labels)
     predictions.append(predicted)

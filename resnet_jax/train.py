@@ -192,14 +192,7 @@ def put_eval_chunks(split: data.Split, batch_size: int, mesh):
   batch_size = min(batch_size, len(split))
   batch_size = math.ceil(batch_size / num_devices) * num_devices
   chunks = math.ceil(len(split) / batch_size)
-  pad = chunks * batch_size - len(split)
-  arrays = {
-      'image': np.concatenate(
-          [split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)]),
-      'label': np.concatenate([split.labels, np.zeros(pad, np.int32)]),
-      'mask': np.concatenate([np.ones(len(split), np.float32),
-                              np.zeros(pad, np.float32)]),
-  }
+  arrays = data.padded(split, chunks * batch_size)
   sharding = NamedSharding(mesh, P(None, 'data'))
   out = {}
   for k, v in arrays.items():

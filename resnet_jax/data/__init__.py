@@ -57,6 +57,19 @@ def load_splits(config, names) -> dict[str, Split]:
   return out
 
 
+def padded(split: Split, size: int) -> dict:
+  """{'image', 'label', 'mask'} of `split` padded with zeros to `size`
+  examples; mask is 1 for the real ones, so padding never counts."""
+  pad = size - len(split)
+  return {
+      'image': np.concatenate([split.images, np.zeros(
+          (pad, *split.images.shape[1:]), np.uint8)]),
+      'label': np.concatenate([split.labels, np.zeros(pad, np.int32)]),
+      'mask': np.concatenate([np.ones(len(split), np.float32),
+                              np.zeros(pad, np.float32)]),
+  }
+
+
 def class_names(config) -> tuple[str, ...]:
   names = SOURCES[config.data.source].class_names(config.data)
   num_classes = config.model.num_classes

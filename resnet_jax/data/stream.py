@@ -52,11 +52,7 @@ PREFETCH_BATCHES = 4
 
 def should_stream(config) -> bool:
   """Whether training streams: data.streaming, or (auto) a split too large."""
-  mode = config.data.streaming
-  if mode != 'auto':
-    return mode == 'on'
-  return any(not folder.fits_in_memory(split_size(config, name), config.data)
-             for name in ('train', 'val'))
+  return any(should_stream_split(config, name) for name in ('train', 'val'))
 
 
 def should_stream_split(config, name: str) -> bool:
@@ -264,14 +260,8 @@ def evaluate(eval_fn, state, split: StreamedSplit, batch_size: int, mesh):
   sharding = NamedSharding(mesh, P(None, 'data'))
   totals = {'loss': 0.0, 'correct': 0, 'count': 0}
   for batch in split.batches(np.arange(len(split)), batch_size):
-    n, pad = len(batch['label']), batch_size - len(batch['label'])
-    arrays = {
-        'image': np.concatenate([batch['image'], np.zeros(
-            (pad, *batch['image'].shape[1:]), np.uint8)]),
-        'label': np.concatenate([batch['label'], np.zeros(pad, np.int32)]),
-        'mask': np.concatenate([np.ones(n, np.float32),
-                                np.zeros(pad, np.float32)]),
-    }
+    arrays = data.padded(data.Split(batch['image'], batch['label']),
+                         batch_size)
     chunk = {k: jax.make_array_from_callback(
         (1, *v.shape), sharding, lambda i, v=v: v[None][i])
              for k, v in arrays.items()}
