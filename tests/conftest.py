@@ -36,6 +36,15 @@ def tiny_config(**overrides):
   return c
 
 
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """A finished tiny_config() run, shared by the command-line tests."""
+  from resnet_jax import train  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp('trained')
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
 def cli_args(config, workdir, *extra):
   """The command line that gives `config` (relative to the base config)."""
   args = [sys.executable, '-m', 'resnet_jax.main',

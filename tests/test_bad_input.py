@@ -5,11 +5,9 @@ leave an existing workdir exactly as it was.
 """
 from concurrent import futures
 
-import pytest
 
 from conftest import cli_args, run_cli, tiny_config
 from resnet_jax import config as config_lib
-from resnet_jax import train
 from test_cli import snapshot
 
 # Keys whose wrong-type value is caught by the flag parser, and a value of the
@@ -78,13 +76,6 @@ ENTRY_POINT_CASES = [
     ('predict: missing file', ['--mode=predict', '--images=/no/such.png']),
     ('predict: not an image', ['--mode=predict', '--images=/etc/hostname']),
 ]
-
-
-@pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('sweep')
-  train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir
 
 
 def test_bad_input_sweep(trained_workdir):

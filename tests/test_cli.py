@@ -27,13 +27,6 @@ def assert_one_line_error(result, pattern):
   assert 'Traceback' not in result.stderr
 
 
-@pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('trained')
-  train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir
-
-
 def test_evaluate_prints_json_result_last(trained_workdir):
   result = run_cli(cli_args(tiny_config(), trained_workdir, '--mode=evaluate',
                             '--split=val', '--checkpoint=latest'))

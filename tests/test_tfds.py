@@ -2,7 +2,6 @@
 
 Needs tensorflow-datasets (a core dependency) but not TensorFlow.
 """
-import importlib.util
 import io
 import socket
 import sys
