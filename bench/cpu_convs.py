@@ -19,12 +19,13 @@ import argparse
 import os
 import platform
 import sys
-import time
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cpu_speed import load_torch, time_steps  # pylint: disable=wrong-import-position
+from resnet_jax import cpu_conv  # pylint: disable=wrong-import-position
 
 # (input height = width, in channels, out channels, stride): the 3x3
 # convolutions of ResNet-20, with how many of each it has (ResNet-56: 3x the
@@ -32,27 +33,18 @@ sys.path.insert(0, ROOT)
 SHAPES = {(32, 3, 16, 1): 1, (32, 16, 16, 1): 6, (32, 16, 32, 2): 1,
           (16, 32, 32, 1): 5, (16, 32, 64, 2): 1, (8, 64, 64, 1): 5}
 ROUTES = {
-    'eigen': {'xla_cpu_experimental_ynn_fusion_type':
-              'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
+    'eigen': cpu_conv.XLA_CPU_COMPILER_OPTIONS,  # What training uses.
     'ynn': None,  # XLA's defaults.
 }
 
 
 def best_ms(fn, repeats):
-  for _ in range(3):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * min(times)
+  return 1e3 * min(time_steps(fn, 3, repeats))
 
 
 def jax_times(hw, c, out, stride, batch, route, repeats):
   import jax
   from jax import lax
-  from resnet_jax import cpu_conv
 
   nhwc = ('NHWC', 'HWIO', 'NHWC')
   x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c))
@@ -104,13 +96,7 @@ def main():
   args = p.parse_args()
   import jax
   threads = len(os.sched_getaffinity(0))
-  torch = None
-  if not args.no_torch:
-    try:
-      import torch
-      torch.set_num_threads(threads)
-    except ImportError:
-      print('PyTorch not installed: skipping it.')
+  torch = load_torch(not args.no_torch, threads)
 
   print('| conv (HxW, in->out, stride) | GFLOP | route | JAX fwd | JAX dx '
         '| JAX dw (XLA / cpu_conv) | JAX fwd+dx+dw | PyTorch fwd '

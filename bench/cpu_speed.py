@@ -63,6 +63,19 @@ def parse_args():
   return p.parse_args()
 
 
+def load_torch(enabled: bool, threads: int):
+  """PyTorch with `threads` intra-op threads, or None (off or not installed)."""
+  if not enabled:
+    return None
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print('PyTorch not installed: skipping it.')
+    return None
+  torch.set_num_threads(threads)
+  return torch
+
+
 def median_rate(batch, seconds):
   return batch / statistics.median(seconds)
 
@@ -199,13 +212,7 @@ def main():
   threads = len(os.sched_getaffinity(0))
   fast = cpu_conv.select_conv(cpu_conv.FAST)
   copts = None if args.ynn_convs else cpu_conv.jit_compiler_options(cpu_conv.FAST)
-  torch = None
-  if not args.no_torch:
-    try:
-      import torch
-      torch.set_num_threads(threads)
-    except ImportError:
-      print('PyTorch not installed: skipping it.')
+  torch = load_torch(not args.no_torch, threads)
   formats = {'nchw': [False], 'channels_last': [True],
              'both': [False, True]}[args.torch_format]
 
