@@ -1,4 +1,5 @@
 """Errors caused by the user's input: main prints them as one line and exits 2."""
+import importlib
 
 
 class UserError(Exception):
@@ -15,3 +16,16 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   pass
+
+
+def require(module: str, package: str, needed_for: str, instead: str = ''):
+  """Imports an optional dependency, or names it in one line.
+
+  tensorflow-datasets, grain, tensorboardX and matplotlib serve only some
+  modes; a GPU image without them still trains from cifar10_binary data.
+  """
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise UserError(f'{needed_for} needs the package {package} ({e}): '
+                    f'pip install {package}{instead}') from None

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import data, evaluate, train
 from resnet_jax import config as config_lib
 from resnet_jax.data import folder, stream
-from resnet_jax.errors import ConfigError, DataError
+from resnet_jax.errors import ConfigError, DataError, require
 
 TOP_K = 5
 DPI = 100
@@ -153,7 +153,8 @@ def confusion_figsize(num_classes: int) -> tuple[float, float]:
 
 def plot_confusion(counts, class_names, path, title=''):
   """Rows: true class, columns: predicted; colour is the row fraction."""
-  from matplotlib.figure import Figure
+  Figure = require('matplotlib.figure', 'matplotlib',
+                   'the confusion matrix plot').Figure
   num_classes = len(class_names)
   fig = Figure(figsize=confusion_figsize(num_classes), dpi=DPI,
                layout='constrained')
@@ -273,7 +274,8 @@ def grid_shape(count: int) -> tuple[int, int]:
 
 def plot_samples(images, rows, path, title=''):
   """A grid of the images, each titled truth / prediction (green if right)."""
-  from matplotlib.figure import Figure
+  Figure = require('matplotlib.figure', 'matplotlib',
+                   '--mode=samples (its image grid)').Figure
   num_rows, num_cols = grid_shape(len(rows))
   fig = Figure(figsize=(num_cols * TILE_WIDTH, num_rows * TILE_HEIGHT),
                dpi=DPI, layout='constrained')

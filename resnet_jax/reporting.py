@@ -28,6 +28,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import optim
+from resnet_jax.errors import require
 
 # Plot size in pixels: FIGSIZE inches at DPI.
 DPI = 100
@@ -137,7 +138,8 @@ class Reporter:
     self._columns = csv_columns(history)
 
   def _open_tensorboard(self):
-    from tensorboardX import SummaryWriter
+    SummaryWriter = require('tensorboardX', 'tensorboardX',
+                            'TensorBoard logging').SummaryWriter
     # On resume, TensorBoard hides the events from earlier runs past the
     # restored step, as the JSON lines drop them.
     # The suffix keeps a resume within the same second (the file name's
@@ -233,7 +235,7 @@ def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 def _figure():
   """A pyplot-free Agg figure: no global state, safe in any thread."""
-  from matplotlib.figure import Figure
+  Figure = require('matplotlib.figure', 'matplotlib', 'plots').Figure
   return Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
 
 

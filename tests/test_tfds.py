@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import tiny_config
 from resnet_jax import data, evaluate, train
 from resnet_jax.data import tfds as tfds_source
-from resnet_jax.errors import DataError
+from resnet_jax.errors import DataError, UserError
 
 CLASSES = ('cat', 'dog', 'emu')
 
@@ -80,9 +80,9 @@ def prepare(data_dir, counts, odd_sizes=False):
 
 def test_missing_package_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
-  with pytest.raises(DataError, match=r"needs tensorflow-datasets .*pip install "
-                     r"-e \., or use data.source=cifar10_binary or "
-                     'data.source=folder'):
+  with pytest.raises(UserError, match=r"data.source=tfds needs the package "
+                     r"tensorflow-datasets .*: pip install tensorflow-datasets, "
+                     'or use data.source=cifar10_binary or data.source=folder'):
     data.load_splits(tfds_config(tmp_path), ('train',))
 
 

@@ -33,14 +33,18 @@ import math
 import os
 import threading
 
-import grain
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import data
 from resnet_jax.data import cifar10_binary, folder, synthetic, tfds
-from resnet_jax.errors import DataError
+from resnet_jax.errors import DataError, require
+
+
+def _grain():
+  return require('grain', 'grain', 'data.streaming (reading a split from disk)')
+
 
 # Normalization statistics of a streamed train split come from this many
 # training images (all of them if fewer), a fixed seeded sample.
@@ -138,7 +142,7 @@ class StreamedSplit:
     """Yields {'image', 'label'} numpy batches of the examples `ks`, in order,
     decoded by grain's prefetching threads; the last may be short."""
     ks = np.asarray(ks)
-    dataset = (grain.MapDataset.range(len(ks))
+    dataset = (_grain().MapDataset.range(len(ks))
                .map(lambda j: self.example(int(ks[j])))
                .batch(batch_size, batch_fn=_stack))
     yield from dataset.to_iter_dataset(self.read_options())
@@ -161,7 +165,7 @@ class StreamedSplit:
 
   def read_options(self):
     """grain's threads: one per decode thread, a few batches ahead."""
-    return grain.ReadOptions(num_threads=self.threads,
+    return _grain().ReadOptions(num_threads=self.threads,
                              prefetch_buffer_size=max(PREFETCH_BATCHES,
                                                       self.threads))
 
@@ -228,7 +232,7 @@ class TrainBatches:
       return _stack([split.example(int(k))
                      for k in ks[process * local:(process + 1) * local]])
 
-    dataset = grain.MapDataset.range(start_step, config.train.steps).map(
+    dataset = _grain().MapDataset.range(start_step, config.train.steps).map(
         local_batch)
     self._iterator = iter(dataset.to_iter_dataset(split.read_options()))
     self._sharding = NamedSharding(mesh, P('data'))

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from resnet_jax.data import folder
-from resnet_jax.errors import DataError
+from resnet_jax.errors import DataError, require
 
 # Our split names -> TFDS's, in order of preference.
 SPLIT_NAMES = {'train': ('train',), 'val': ('validation', 'val'),
@@ -136,13 +136,9 @@ def _read_encoded(builder, split, image_key, label_key):
 
 
 def _import_tfds():
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise DataError(f'data.source=tfds needs tensorflow-datasets ({e}): pip '
-                    "install -e ., or use data.source=cifar10_binary "
-                    'or data.source=folder') from None
-  return tfds
+  return require('tensorflow_datasets', 'tensorflow-datasets',
+                 'data.source=tfds', ', or use data.source=cifar10_binary or '
+                 'data.source=folder')
 
 
 @functools.lru_cache(maxsize=8)
