@@ -70,7 +70,15 @@ def test_predict_gives_sorted_top5_as_the_pipeline_decodes(
   first = predict.predict(config, str(workdir), 'latest', str(images))
   second = predict.predict(config, str(workdir), 'latest',
                            f'{images}/c_rgba.png,{images}')
-  assert second[1:] == first and second[0] == first[2]
+  # Same paths, classes and ranking; probabilities to float32 precision only:
+  # 5 and 6 images are batches of different shapes, for which XLA may choose
+  # other kernels and summation orders (jax 0.12 on the CPU differs in the
+  # last digits), so bitwise equality across batch shapes is not promised.
+  for got, want in zip(second, [first[2]] + first):
+    assert got['path'] == want['path']
+    assert [t['label'] for t in got['top']] == [t['label'] for t in want['top']]
+    assert [t['probability'] for t in got['top']] == pytest.approx(
+        [t['probability'] for t in want['top']], rel=1e-5, abs=1e-7)
   assert [r['path'].split('/')[-1] for r in first] == [
       'a_val0.png', 'b_val1.png', 'c_rgba.png', 'd_palette.png', 'e_large.jpg']
   for r in first:
