@@ -12,6 +12,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch')
 SCRIPTS = ('train_gpu.sh', 'train_all_gpus.sh', 'train_slurm.sbatch',
            'evaluate.sh')
+# Launchers with options of their own (no --config/--workdir), tested in their
+# own files: only shellcheck and the executable bit here.
+OTHER_SCRIPTS = ('depth_sweep.sh',)  # tests/test_compare.py
 CONFIG = 'configs/resnet_conv.py'
 # Variables the launchers read: scrubbed so the host's settings (a SLURM job,
 # a CUDA_VISIBLE_DEVICES, XLA_FLAGS) cannot change what the tests see.
@@ -271,13 +274,14 @@ def test_dry_run_output_is_a_valid_shell_script():
 def test_shellcheck():
   if shutil.which('shellcheck') is None:
     pytest.skip('shellcheck is not installed (apt-get install shellcheck)')
-  scripts = [os.path.join('launch', s) for s in ('common.sh', *SCRIPTS)]
+  scripts = [os.path.join('launch', s)
+             for s in ('common.sh', *SCRIPTS, *OTHER_SCRIPTS)]
   result = subprocess.run(['shellcheck', '-x', *scripts], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_launchers_are_executable():
-  for script in SCRIPTS:
+  for script in (*SCRIPTS, *OTHER_SCRIPTS):
     mode = os.stat(os.path.join(LAUNCH, script)).st_mode
     assert mode & stat.S_IXUSR, f'chmod +x launch/{script}'
