@@ -4,6 +4,7 @@ command line without writing to its folder, and is as accurate as the README
 says on real CIFAR-10 validation images."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -99,3 +100,21 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
   after = subprocess.run(['git', 'status', '--porcelain', '--ignored', folder],
                          cwd=REPO, capture_output=True, text=True)
   assert after.stdout == before.stdout
+
+
+def test_fast_configs_share_one_recipe_and_match_the_shipped_run():
+  configs = {name: runpy.run_path(os.path.join(REPO, 'configs', f'{name}.py'))[
+      'get_config']().to_dict() for name in
+             ('resnet_conv_fast', 'resnet_zeropad_fast', 'cnn_fast')}
+  assert configs['resnet_conv_fast']['train']['steps'] == 10_500
+  assert (configs['resnet_conv_fast']['train']
+          == configs['resnet_zeropad_fast']['train']
+          == configs['cnn_fast']['train'])
+  assert configs['resnet_zeropad_fast']['model']['shortcut'] == 'zeropad'
+  assert configs['cnn_fast']['model']['name'] == 'cnn'
+  for name, config in configs.items():  # What a shipped run trained with.
+    shipped = os.path.join(PRETRAINED, name.replace('resnet_', 'resnet20_')
+                           .replace('cnn_', 'cnn20_'), 'config.json')
+    if os.path.exists(shipped):
+      with open(shipped) as f:
+        assert json.load(f)['train'] == json.loads(json.dumps(config['train']))
