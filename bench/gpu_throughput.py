@@ -12,6 +12,7 @@ clock stops after a device sync, as in a training loop.
   python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 --steps 3
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
-DEPTH = {'resnet20': 3, 'resnet56': 9}
+DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
 
 
 def bench_jax(n, batch, dtype, steps, warmup):
@@ -102,6 +103,7 @@ def main():
   p.add_argument('--warmup', type=int, default=10)
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--compile', action='store_true', help='also torch.compile')
+  p.add_argument('--json', metavar='FILE', help='also write the rows here')
   args = p.parse_args()
   import jax
   print(f'# jax {jax.__version__} on {jax.devices()[0].device_kind}; '
@@ -109,6 +111,12 @@ def main():
   print('| model | batch | dtype | JAX img/s | JAX compile s | PyTorch img/s '
         '| JAX / PyTorch |')
   print('|---|---|---|---|---|---|---|')
+  try:
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    print('# PyTorch is not installed: JAX only')
+    args.no_torch = True
+  rows = []
   for name in args.models.split(','):
     for batch in map(int, args.batch_sizes.split(',')):
       for dtype in args.dtypes.split(','):
@@ -123,6 +131,12 @@ def main():
         print(f'| {name} | {batch} | {dtype} | {rate:,.0f} | {compile_s:.1f} | '
               f'{f"{torch_rate:,.0f}" if torch_rate else "-"} | {ratio} |',
               flush=True)
+        rows.append({'model': name, 'batch': batch, 'dtype': dtype,
+                     'jax_images_per_sec': rate, 'jax_compile_s': compile_s,
+                     'torch_images_per_sec': torch_rate})
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'command': ' '.join(sys.argv), 'rows': rows}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,240 @@
+"""The GPU check: smoke-tests training on this machine's accelerator and
+measures it, writing every figure, with the command that gave it, to one JSON.
+
+  python bench/gpu_check.py --data=DIR     # on a GPU box: under 8 minutes
+  python bench/gpu_check.py --tiny         # rehearsal anywhere (synthetic
+                                           # data, tiny model): seconds
+  python bench/gpu_check.py --dry-run ...  # print the commands, run nothing
+
+DIR is a cifar-10-batches-bin folder (bench/README.md: staging it on a lent
+GPU machine). Each stage is a child process with its own time limit, so one
+that fails or hangs is recorded and the others still run:
+  smoke       train float32 (evaluating on the way), SIGKILL after the first
+              checkpoint, resume to the end; an uninterrupted twin must give the
+              same validation figures; then the same steps in bfloat16
+  tests       a handful of the suite's tests on the GPU backend
+  throughput  bench/gpu_throughput.py: JAX step vs the PyTorch twin
+  accuracy    bench/time_to_accuracy.py: process start to 91.25% validation
+              accuracy with configs/resnet_conv_fast.py
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, ROOT)
+from resnet_jax import reporting  # pylint: disable=wrong-import-position
+TESTS = ('tests/test_models.py',
+         'tests/test_train.py::test_training_learns_and_writes_its_workdir',
+         'tests/test_train.py::test_resume_matches_an_uninterrupted_run',
+         'tests/test_train.py::test_bfloat16_run_learns_with_float32_state',
+         'tests/test_train.py::'
+         'test_evaluate_restored_checkpoint_reproduces_validation_metrics')
+
+
+def stage_args(args):
+  """Per-stage settings: the real ones, or --tiny's (synthetic, seconds)."""
+  if args.tiny:
+    data = ['--config.data.source=synthetic', '--config.data.image_size=16',
+            '--config.data.synthetic_examples=160',
+            '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
+            '--config.train.batch_size=16', '--config.train.eval_batch_size=20']
+    return dict(data=data, steps=8, eval_every=4, warmup=2, target=0.0,
+                throughput=['--models', 'resnet8', '--batch-sizes', '16',
+                            '--dtypes', 'float32', '--steps', '2',
+                            '--warmup', '1'])
+  data = ['--config.data.source=cifar10_binary',
+          f'--config.data.dir={os.path.abspath(args.data)}']
+  return dict(data=data, steps=600, eval_every=200, warmup=100, target=0.9125,
+              throughput=['--steps', '50', '--warmup', '5'])
+
+
+def main_command(config, workdir, *extra):
+  return [sys.executable, '-m', 'resnet_jax.main',
+          f'--config={ROOT}/configs/{config}', f'--workdir={workdir}', *extra]
+
+
+def run(command, deadline, check=True):
+  """Runs a stage's child until the stage's deadline; returns its stdout
+  (raises on failure)."""
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          timeout=max(1.0, deadline - time.time()))
+  if check and result.returncode != 0:
+    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f'exit {result.returncode}: {" / ".join(tail)}')
+  return result.stdout
+
+
+def last_json(text):
+  return json.loads(text.strip().splitlines()[-1])
+
+
+def smoke(args, s, scratch, deadline):
+  common = [*s['data'], f'--config.train.steps={s["steps"]}',
+            f'--config.train.eval_every={s["eval_every"]}',
+            f'--config.train.warmup_steps={s["warmup"]}']
+  figures, commands = {}, {}
+  for dtype in ('float32', 'bfloat16'):
+    workdir = os.path.join(scratch, f'smoke_{dtype}')
+    train = main_command('resnet_conv.py', workdir, *common,
+                         f'--config.train.dtype={dtype}')
+    start = time.perf_counter()
+    run(train, deadline)
+    history = reporting.read_history(workdir)
+    final = [r for r in history if 'val_accuracy' in r][-1]
+    rates = [r['images_per_sec'] for r in history if r.get('images_per_sec')]
+    figures[dtype] = {'val_accuracy': final['val_accuracy'],
+                      'val_loss': final['val_loss'],
+                      'seconds': time.perf_counter() - start,
+                      'images_per_sec_last': rates[-1] if rates else None}
+    commands[dtype] = shlex.join(train)
+  # --mode=evaluate on the restored float32 checkpoint reproduces the run's
+  # last validation figures.
+  evaluate = main_command('resnet_conv.py', os.path.join(scratch,
+                                                         'smoke_float32'),
+                          *common, '--mode=evaluate', '--split=val',
+                          '--checkpoint=latest')
+  result = last_json(run(evaluate, deadline))
+  figures['evaluate'] = {'val_accuracy': result['accuracy'],
+                         'val_loss': result['loss']}
+  commands['evaluate'] = shlex.join(evaluate)
+  # Kill and resume: SIGKILL (no chance to save) once the first checkpoint is
+  # on disk, rerun the same command, compare with the uninterrupted run.
+  workdir = os.path.join(scratch, 'smoke_killed')
+  train = main_command('resnet_conv.py', workdir, *common,
+                       '--config.train.dtype=float32')
+  child = subprocess.Popen(train, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  first = os.path.join(workdir, 'checkpoints', str(s['eval_every']))
+  while (not os.path.isdir(first) and child.poll() is None
+         and time.time() < deadline):
+    time.sleep(0.05)
+  killed_mid_run = child.poll() is None
+  child.kill()  # SIGKILL
+  child.wait()
+  run(train, deadline)
+  resumed = [r for r in reporting.read_history(workdir)
+             if 'val_accuracy' in r][-1]
+  figures['kill_resume'] = {
+      'killed_mid_run': killed_mid_run,
+      'checkpoint_before_kill': os.path.isdir(first),
+      'val_accuracy': resumed['val_accuracy'], 'val_loss': resumed['val_loss'],
+      'equals_uninterrupted': all(resumed[k] == figures['float32'][k]
+                                  for k in ('val_accuracy', 'val_loss'))}
+  commands['kill_resume'] = [shlex.join(train) + '  # SIGKILL, then again']
+  return figures, commands
+
+
+def tests(args, s, scratch, deadline):
+  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+             *TESTS]
+  out = run(command, deadline, check=False)
+  return {'summary': out.strip().splitlines()[-1] if out.strip() else ''}, {
+      'tests': shlex.join(command)}
+
+
+def throughput(args, s, scratch, deadline):
+  path = os.path.join(scratch, 'throughput.json')
+  command = [sys.executable, os.path.join(BENCH, 'gpu_throughput.py'),
+             *s['throughput'], f'--json={path}']
+  run(command, deadline)
+  with open(path) as f:
+    return {'rows': json.load(f)['rows']}, {'throughput': shlex.join(command)}
+
+
+def accuracy(args, s, scratch, deadline):
+  command = [sys.executable, os.path.join(BENCH, 'time_to_accuracy.py'),
+             f'--target={s["target"]}',
+             f'--workdir={os.path.join(scratch, "accuracy")}', '--',
+             f'--config={ROOT}/configs/resnet_conv_fast.py', *s['data']]
+  if args.tiny:
+    command += ['--config.train.steps=8', '--config.train.eval_every=4',
+                '--config.train.warmup_steps=2']
+  return last_json(run(command, deadline)), {'accuracy': shlex.join(command)}
+
+
+# Time limits in seconds: 8 minutes in all.
+STAGES = {'smoke': (smoke, 140), 'tests': (tests, 60),
+          'throughput': (throughput, 130), 'accuracy': (accuracy, 150)}
+
+
+def environment() -> dict:
+  import jax, jaxlib, flax  # pylint: disable=import-outside-toplevel,multiple-imports
+  env = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'), 'python': platform.python_version(),
+         'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+         'flax': flax.__version__, 'backend': jax.default_backend(),
+         'device': jax.devices()[0].device_kind,
+         'device_count': jax.device_count()}
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    env['torch'] = torch.__version__
+  except ImportError:
+    env['torch'] = None
+  try:
+    env['driver'] = subprocess.run(
+        ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+        capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    env['driver'] = None
+  return env
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--data', help='a cifar-10-batches-bin folder')
+  p.add_argument('--tiny', action='store_true',
+                 help='synthetic data and a tiny model: a rehearsal anywhere')
+  p.add_argument('--stages', default=','.join(STAGES),
+                 help=f'comma-separated, of {",".join(STAGES)}')
+  p.add_argument('--out', default=os.path.join(BENCH, 'results',
+                                               'gpu_check.json'))
+  p.add_argument('--time-scale', type=float, default=1.0,
+                 help="multiplies each stage's time limit (a slow CPU)")
+  p.add_argument('--dry-run', action='store_true',
+                 help='print the plan and exit')
+  args = p.parse_args()
+  stages = args.stages.split(',')
+  if unknown := set(stages) - set(STAGES):
+    p.error(f'unknown stages: {",".join(sorted(unknown))}')
+  if not args.tiny and not (args.data and os.path.isdir(args.data)):
+    p.error('--data=DIR (a cifar-10-batches-bin folder) or --tiny')
+  if args.dry_run:
+    for name in stages:
+      print(f'{name}: up to {STAGES[name][1]} s')
+    print(f'writes {args.out}')
+    return
+  report = {'command': shlex.join([sys.executable, *sys.argv]),
+            'environment': environment(), 'stages': {}}
+  with tempfile.TemporaryDirectory(prefix='gpu_check-') as scratch:
+    for name in stages:
+      fn, limit = STAGES[name]
+      start = time.perf_counter()
+      try:
+        figures, commands = fn(args, stage_args(args), scratch,
+                               time.time() + limit * args.time_scale)
+        entry = {'ok': True, 'figures': figures, 'commands': commands}
+      except (RuntimeError, subprocess.TimeoutExpired, OSError,
+              ValueError) as e:
+        entry = {'ok': False, 'error': f'{type(e).__name__}: {e}'}
+      entry['seconds'] = round(time.perf_counter() - start, 1)
+      report['stages'][name] = entry
+      print(f'{name}: {"ok" if entry["ok"] else entry["error"]} '
+            f'({entry["seconds"]} s)', flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump(report, f, indent=1)
+  print(f'wrote {args.out}')
+  sys.exit(0 if all(e['ok'] for e in report['stages'].values()) else 1)
+
+
+if __name__ == '__main__':
+  main()

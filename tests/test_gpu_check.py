@@ -1,0 +1,42 @@
+"""bench/gpu_check.py, rehearsed on the CPU: its plan, and one tiny stage
+writing the JSON it would write on a GPU (the whole --tiny run takes minutes
+here; bench/README.md)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+CHECK = os.path.join(REPO, 'bench', 'gpu_check.py')
+
+
+def run_check(*args):
+  return subprocess.run([sys.executable, CHECK, *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_dry_run_lists_every_stage_within_eight_minutes():
+  result = run_check('--tiny', '--dry-run')
+  assert result.returncode == 0, result.stderr
+  limits = {line.split(':')[0]: int(line.split('up to ')[1].split()[0])
+            for line in result.stdout.splitlines() if 'up to' in line}
+  assert list(limits) == ['smoke', 'tests', 'throughput', 'accuracy']
+  assert sum(limits.values()) <= 8 * 60
+  refused = run_check('--stages=smoke,fast')
+  assert refused.returncode == 2 and 'unknown stages: fast' in refused.stderr
+
+
+def test_tiny_throughput_stage_writes_figures_with_their_command(tmp_path):
+  out = tmp_path / 'check.json'
+  # A generous time scale: this CPU may be shared with other jobs.
+  result = run_check('--tiny', '--stages=throughput', '--time-scale=10',
+                     f'--out={out}')
+  assert result.returncode == 0, result.stdout + result.stderr
+  report = json.loads(out.read_text())
+  assert report['environment']['jax'] and report['environment']['device']
+  stage = report['stages']['throughput']
+  assert stage['ok'] and 'gpu_throughput.py' in stage['commands']['throughput']
+  (row,) = stage['figures']['rows']
+  assert row['model'] == 'resnet8' and row['batch'] == 16
+  assert row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
