@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs and generated CIFAR-10 binary folders."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -43,6 +44,18 @@ def trained_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('trained')
   train.train_and_evaluate(tiny_config(), str(workdir))
   return workdir
+
+
+def snapshot(folder):
+  """Every file under `folder` with its content hash and mtime."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[path] = (hashlib.sha256(f.read()).hexdigest(),
+                     os.stat(path).st_mtime_ns)
+  return out
 
 
 def cli_args(config, workdir, *extra):

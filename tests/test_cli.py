@@ -1,23 +1,12 @@
 """The command line: modes, and bad input as one line, exit 2, nothing touched."""
-import hashlib
 import json
 import os
 
 import pytest
 
-from conftest import cli_args, run_cli, tiny_config, write_cifar_bin, random_cifar
+from conftest import (cli_args, random_cifar, run_cli, snapshot, tiny_config,
+                      write_cifar_bin)
 from resnet_jax import train
-
-
-def snapshot(folder):
-  """Every file under `folder` with its content hash and mtime."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[path] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
-  return out
 
 
 def assert_one_line_error(result, pattern):

@@ -1,7 +1,6 @@
 """resnet_jax.compare and launch/depth_sweep.sh: one tiny real sweep (a plain
 and a residual 8-layer net, 2 steps each, on synthetic data) shared by the
 tests, then its table, plot, skipping, dry runs and bad input."""
-import hashlib
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import snapshot
 from resnet_jax import compare, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,18 +47,6 @@ def read_table(text):
           if l.startswith('|')]
   header = [c.strip() for c in rows[0]]
   return [dict(zip(header, (c.strip() for c in row))) for row in rows[2:]]
-
-
-def snapshot(folder):
-  """Every file under `folder` with its content hash and mtime."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[path] = (hashlib.sha256(f.read()).hexdigest(),
-                     os.stat(path).st_mtime_ns)
-  return out
 
 
 @pytest.fixture(scope='module')
