@@ -238,7 +238,7 @@ def main():
                f'batch {args.batch_size}'))
 
   model = train.create_model(config)
-  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  state = train.create_train_state(config, model, mesh)
   train_fn = train.make_train_fn(config, mesh, normalization)
   state, metrics = train_fn(state, train_data)  # Compiles.
   jax.block_until_ready(metrics)

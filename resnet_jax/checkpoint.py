@@ -1,6 +1,11 @@
 """Orbax checkpoints in WORKDIR/checkpoints: the latest, the best by validation
-accuracy and the best by validation loss, each with a JSON record of the
-architecture, normalization and class names it was trained with.
+accuracy and the best by validation loss (the members' means), each with a
+JSON record of the architecture, normalization, class names and members
+(seed, learning rate, weight decay, frozen) it was trained with.
+
+The train state holds every member, stacked on a leading axis. Checkpoints
+written before runs had members (no 'members' in the record, no member
+axis) restore as a run of one member, for inference or to resume.
 """
 import os
 import time
@@ -54,7 +59,38 @@ def make_meta(config, normalization, class_names) -> dict:
                         'std': list(normalization[1])},
       'class_names': list(class_names),
       'config': config.to_dict(),
+      'members': [{**m, 'frozen': False} for m in config_lib.members(config)],
   }
+
+
+def with_frozen(meta: dict, frozen) -> dict:
+  """`meta` with each member's 'frozen' (diverged with on_nonfinite=stop)."""
+  return {**meta, 'members': [{**m, 'frozen': bool(f)}
+                              for m, f in zip(meta['members'], frozen)]}
+
+
+def members(meta: dict) -> list[dict]:
+  """The checkpoint's members; a single-member record for an older one."""
+  if 'members' in meta:
+    return meta['members']
+  config = meta.get('config', {})
+  train = config.get('train', {})
+  return [{'seed': config.get('seed'), 'learning_rate': train.get('learning_rate'),
+           'weight_decay': train.get('weight_decay'), 'frozen': False}]
+
+
+def check_members(meta: dict, config, directory: str, step: int):
+  """Refuses to resume a checkpoint written for another number of members.
+
+  Their learning rates and weight decays, like every optimizer setting, may
+  change on resume: the config's apply from there on.
+  """
+  saved, expected = len(members(meta)), len(config_lib.members(config))
+  if saved != expected:
+    raise CheckpointError(
+        f'checkpoint {step} in {directory} holds {saved} member(s), the '
+        f'config asks for {expected} (train.num_seeds, train.sweep_*); rerun '
+        'with --restart to start over')
 
 
 def architecture(config) -> dict:
@@ -129,7 +165,8 @@ def restore_state(manager, step: int, target):
 
 
 def restore_variables(manager, step: int, sharding):
-  """Restores only params and batch_stats, whatever the optimizer was."""
+  """Restores only params and batch_stats, whatever the optimizer was, as
+  saved (with a member axis unless the checkpoint predates members)."""
   saved = _state_metadata(manager, step)
   try:
     target = jax.tree.map(

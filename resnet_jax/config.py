@@ -82,7 +82,28 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluate on the mean logits of each image and its mirror image (flip
   # test-time augmentation): validation, --mode=evaluate/samples/predict.
   c.train.eval_flip = False
+  # Members trained together in one vmapped step: train.num_seeds seeds
+  # (seed, seed+1, ...) for every learning rate of train.sweep_learning_rates
+  # and weight decay of train.sweep_weight_decays (empty: train.learning_rate
+  # and train.weight_decay). Each member is the run its seed and values give.
+  c.train.num_seeds = 1
+  c.train.sweep_learning_rates = ()
+  c.train.sweep_weight_decays = ()
+  # With several devices, split the members over them instead of the batch
+  # (members must be a multiple of the device count).
+  c.train.shard_members = False
   return c
+
+
+def members(config) -> list[dict]:
+  """The run's members, seeds innermost: [{seed, learning_rate, weight_decay}]."""
+  t = config.train  # .get: configs saved before members lack the keys.
+  rates = tuple(t.get('sweep_learning_rates', ())) or (t.learning_rate,)
+  decays = tuple(t.get('sweep_weight_decays', ())) or (t.weight_decay,)
+  return [{'seed': config.seed + k, 'learning_rate': float(lr),
+           'weight_decay': float(wd)}
+          for lr in rates for wd in decays
+          for k in range(t.get('num_seeds', 1))]
 
 
 def lookup(config, dotted: str):
@@ -103,7 +124,7 @@ def validate(config) -> None:
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
               'train.warmup_steps': 0, 'data.decode_threads': 0, 'seed': 0,
-              'data.synthetic_seed': 0}
+              'data.synthetic_seed': 0, 'train.num_seeds': 1}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -122,6 +143,17 @@ def validate(config) -> None:
   if config.train.warmup_steps >= config.train.steps:
     raise ConfigError(f'train.warmup_steps={config.train.warmup_steps} must be '
                       f'below train.steps={config.train.steps}')
+  for key, positive in (('train.sweep_learning_rates', True),
+                        ('train.sweep_weight_decays', False)):
+    values = lookup(config, key)
+    if not isinstance(values, (tuple, list)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        and (v > 0 if positive else v >= 0) for v in values):
+      raise ConfigError(f'{key}={values!r} must be a tuple of numbers '
+                        f'{"> 0" if positive else ">= 0"}, e.g. (0.05,0.1)')
+  if not isinstance(config.train.shard_members, bool):
+    raise ConfigError(f'train.shard_members={config.train.shard_members!r} '
+                      'must be True or False')
   boundaries = tuple(config.train.step_boundaries)
   if (not all(isinstance(b, (int, float)) and 0 < b < 1 for b in boundaries)
       or list(boundaries) != sorted(boundaries)):

@@ -1,8 +1,14 @@
 """--mode=evaluate: a restored checkpoint on a whole split of the data.
 
+Its JSON has the members' mean accuracy and loss, the accuracy's standard
+deviation over members, each member's figures and the ensemble's (the
+members' averaged probabilities); the confusion matrix is the ensemble's.
+
 Besides the metrics, prints per-class accuracy and writes it, with a
 confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/ (see predict.py).
 """
+import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
@@ -15,13 +21,18 @@ def restore_for_inference(config, workdir: str, which: str, mesh):
   """Returns (state, step, meta) for `which` checkpoint; nothing is written.
 
   Only params and batch statistics are read, so the optimizer settings of
-  the config need not match those of the run that wrote the checkpoint.
+  the config need not match those of the run that wrote the checkpoint. The
+  state holds every member on a leading axis, the members are in
+  meta['members'] (one for a checkpoint written before runs had members).
   """
   manager = checkpoint.create_manager(workdir, read_only=True)
   step = checkpoint.select_step(manager, which)
   meta = checkpoint.restore_meta(manager, step, config)
   variables = checkpoint.restore_variables(manager, step,
                                            NamedSharding(mesh, P()))
+  if 'members' not in meta:  # Written before members: add their axis.
+    variables = jax.tree.map(lambda x: x[None], variables)
+    meta = {**meta, 'members': checkpoint.members(meta)}
   model = train.create_model(config)
   state = train.TrainState.create(apply_fn=model.apply,
                                   params=variables['params'],
@@ -54,6 +65,13 @@ def evaluate(config, workdir: str, which: str = 'best',
         config.train.eval_flip)
   predict.write_confusion(workdir, split, step, labels, predictions,
                           meta['class_names'])
+  members = [{'seed': m['seed'], 'learning_rate': m['learning_rate'],
+              'weight_decay': m['weight_decay'], 'accuracy': a, 'loss': l}
+             for m, a, l in zip(meta['members'], metrics['member_accuracy'],
+                                metrics['member_loss'])]
   return {'split': split, 'accuracy': metrics['accuracy'],
           'loss': metrics['loss'], 'num_examples': metrics['num_examples'],
-          'step': step}
+          'step': step,
+          # Population std (ddof=0): 0 for one member.
+          'accuracy_std': float(np.std(metrics['member_accuracy'])),
+          'members': members, 'ensemble': metrics['ensemble']}

@@ -45,6 +45,10 @@ flags.DEFINE_integer('seed', None,
                      'samples: seed of the random pick (default: config seed).')
 flags.DEFINE_string('images', None,
                     'predict: image files and/or folders, comma-separated.')
+flags.DEFINE_integer('member', None,
+                     'samples, predict: use member K of a multi-member run '
+                     '(0-based) alone; default: the ensemble of all members '
+                     '(their averaged probabilities).')
 flags.DEFINE_bool('json', False,
                   'samples, predict: print one JSON object instead of a table.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -109,10 +113,11 @@ def main(argv):
                                FLAGS.restart)
     elif FLAGS.mode == 'samples':
       predict.samples(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                      FLAGS.split, FLAGS.num_samples, FLAGS.seed, FLAGS.json)
+                      FLAGS.split, FLAGS.num_samples, FLAGS.seed, FLAGS.json,
+                      FLAGS.member)
     elif FLAGS.mode == 'predict':
       predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                      FLAGS.images, FLAGS.json)
+                      FLAGS.images, FLAGS.json, FLAGS.member)
     elif FLAGS.mode == 'plot_schedule':
       print(reporting.write_schedule_plot(FLAGS.config, FLAGS.workdir))
     else:

@@ -1,12 +1,21 @@
-"""Learning-rate schedules and optimizers (Optax), built from `config.train`."""
+"""Learning-rate schedules and optimizers (Optax), built from `config.train`.
+
+The peak learning rate and the weight decay are injectable hyperparameters
+(optax.inject_hyperparams): they live in the optimizer state, so the members
+of a sweep (train.sweep_learning_rates, train.sweep_weight_decays) share one
+optimizer and one jitted step, each with its own values.
+"""
 import jax
 import optax
 
 
-def create_schedule(train_config) -> optax.Schedule:
-  """Linear warmup from 0, then cosine, linear or step decay to the end."""
-  lr, steps, warmup = (train_config.learning_rate, train_config.steps,
-                       train_config.warmup_steps)
+def create_schedule(train_config, peak=None) -> optax.Schedule:
+  """Linear warmup from 0, then cosine, linear or step decay to the end.
+
+  Peaks at `peak` (default train.learning_rate).
+  """
+  lr = train_config.learning_rate if peak is None else peak
+  steps, warmup = train_config.steps, train_config.warmup_steps
   if train_config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
   if train_config.schedule == 'linear':
@@ -27,10 +36,31 @@ def decay_mask(params):
 
 
 def create_optimizer(train_config) -> optax.GradientTransformation:
-  schedule = create_schedule(train_config)
-  if train_config.optimizer == 'sgd':
-    return optax.chain(
-        optax.add_decayed_weights(train_config.weight_decay, decay_mask),
-        optax.sgd(schedule, momentum=train_config.momentum, nesterov=True))
-  return optax.adamw(schedule, b1=train_config.momentum,
-                     weight_decay=train_config.weight_decay, mask=decay_mask)
+  """The optimizer, its peak learning rate and weight decay injectable."""
+  shape = create_schedule(train_config, peak=1.0)
+
+  @optax.inject_hyperparams
+  def optimizer(learning_rate, weight_decay):
+    schedule = lambda step: learning_rate * shape(step)
+    if train_config.optimizer == 'sgd':
+      return optax.chain(
+          optax.add_decayed_weights(weight_decay, decay_mask),
+          optax.sgd(schedule, momentum=train_config.momentum, nesterov=True))
+    return optax.adamw(schedule, b1=train_config.momentum,
+                       weight_decay=weight_decay, mask=decay_mask)
+
+  return optimizer(learning_rate=train_config.learning_rate,
+                   weight_decay=train_config.weight_decay)
+
+
+def with_hyperparams(opt_state, learning_rate, weight_decay):
+  """`opt_state` of create_optimizer with another peak rate and decay."""
+  hyperparams = dict(opt_state.hyperparams, learning_rate=learning_rate,
+                     weight_decay=weight_decay)
+  return opt_state._replace(hyperparams=hyperparams)
+
+
+def learning_rate(opt_state, train_config, step):
+  """The learning rate applied at `step`: the schedule at the state's peak."""
+  shape = create_schedule(train_config, peak=1.0)
+  return opt_state.hyperparams['learning_rate'] * shape(step)

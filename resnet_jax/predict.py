@@ -33,23 +33,50 @@ DPI = 100
 TILE_WIDTH, TILE_HEIGHT = 1.8, 2.0
 
 
-def make_predict_fn(normalization, mesh, flip=False):
-  """Jitted (state, eval_data) -> (sums, probabilities, predictions).
+def ensemble_sums(logits, batch):
+  """Masked sums of loss and correct predictions of the members' averaged
+  probabilities, from each member's logits (members, batch, classes)."""
+  log_probabilities = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+  # log of the mean probability, without leaving log space.
+  log_mean = (jax.nn.logsumexp(log_probabilities, 0)
+              - jnp.log(logits.shape[0]))
+  loss = -jnp.take_along_axis(log_mean, batch['label'][:, None], -1)[:, 0]
+  correct = jnp.argmax(log_mean, -1) == batch['label']
+  mask = batch['mask']
+  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
+  return sums, log_mean
 
-  One pass over the padded chunks of `train.put_eval_chunks`: the masked sums
-  of `train.eval_step` (loss, correct, count) and, per example, the softmax
-  probabilities (chunks, batch, classes) and the argmax of the logits
-  (chunks, batch). Outputs are replicated, so every process holds them all.
+
+def make_predict_fn(normalization, mesh, flip=False):
+  """Jitted (state, eval_data) -> (sums, (probabilities, predictions)).
+
+  One pass over the padded chunks of `train.put_eval_chunks` with every
+  member of `state`: sums['members'] are each member's masked sums of
+  `train.eval_step` (loss, correct, count: (members,)), sums['ensemble']
+  those of the members' averaged probabilities; per example, the ensemble's
+  probabilities (chunks, batch, classes) and their argmax (chunks, batch).
+  With one member the ensemble is that member. Outputs are replicated, so
+  every process holds them all.
   """
 
   def predict_fn(state, eval_data):
+    def member_step(params, batch_stats, batch):
+      member = state.replace(params=params, batch_stats=batch_stats)
+      return train.eval_step(member, batch, normalization=normalization,
+                             flip=flip)
+
     def body(totals, batch):
-      sums, logits = train.eval_step(state, batch, normalization=normalization,
-                                     flip=flip)
-      predictions = jnp.argmax(logits, -1)
-      probabilities = jax.nn.softmax(logits.astype(jnp.float32), -1)
-      return jax.tree.map(jnp.add, totals, sums), (probabilities, predictions)
-    zeros = jax.tree.map(jnp.asarray, {'loss': 0.0, 'correct': 0, 'count': 0})
+      sums, logits = jax.vmap(member_step, in_axes=(0, 0, None))(
+          state.params, state.batch_stats, batch)
+      ensemble, log_mean = ensemble_sums(logits, batch)
+      totals = jax.tree.map(jnp.add, totals,
+                            {'members': sums, 'ensemble': ensemble})
+      return totals, (jnp.exp(log_mean), jnp.argmax(log_mean, -1))
+    num_members = jax.tree.leaves(state.params)[0].shape[0]
+    zeros = {'loss': 0.0, 'correct': 0, 'count': 0}
+    zeros = {'members': {k: jnp.zeros(num_members) for k in zeros},
+             'ensemble': jax.tree.map(jnp.asarray, zeros)}
     return jax.lax.scan(body, zeros, eval_data)
 
   return jax.jit(predict_fn, out_shardings=NamedSharding(mesh, P()))
@@ -57,21 +84,34 @@ def make_predict_fn(normalization, mesh, flip=False):
 
 def predict_split(state, split: data.Split, normalization, batch_size: int,
                   mesh, flip=False):
-  """(metrics, probabilities (N, C), predictions (N,)) for every example."""
+  """(metrics, probabilities (N, C), predictions (N,)) for every example.
+
+  The metrics are those of train.member_metrics (the members' mean and
+  lists), with 'ensemble' ({loss, accuracy}); probabilities and predictions
+  are the ensemble's (with one member, the member's).
+  """
   return _predict(make_predict_fn(normalization, mesh, flip), state, split,
                   batch_size, mesh)
 
 
-def _predict(predict_fn, state, split: data.Split, batch_size: int, mesh):
+def split_metrics(sums) -> dict:
+  """Metrics from make_predict_fn's sums (summed over chunks)."""
+  metrics = train.member_metrics(sums['members'])
+  ensemble, count = sums['ensemble'], float(sums['ensemble']['count'])
+  metrics['ensemble'] = {'loss': float(ensemble['loss']) / count,
+                         'accuracy': float(ensemble['correct']) / count}
+  return metrics
+
+
+def _predict(predict_fn, state, split: data.Split, batch_size: int, mesh,
+             with_sums=False):
   eval_data = train.put_eval_chunks(split, batch_size, mesh)
   sums, (probabilities, predictions) = jax.device_get(
       predict_fn(state, eval_data))
-  count = int(sums['count'])
-  metrics = {'loss': float(sums['loss']) / count,
-             'accuracy': float(sums['correct']) / count, 'num_examples': count}
   n = len(split)
-  return (metrics, probabilities.reshape(-1, probabilities.shape[-1])[:n],
-          predictions.reshape(-1)[:n])
+  outputs = (probabilities.reshape(-1, probabilities.shape[-1])[:n],
+             predictions.reshape(-1)[:n])
+  return ((sums if with_sums else split_metrics(sums)),) + outputs
 
 
 def load_split(config, name: str):
@@ -87,27 +127,54 @@ def predict_streamed(state, split: stream.StreamedSplit, normalization,
   """(metrics, labels (N,), predictions (N,)) of a streamed split, decoding
   one batch at a time (probabilities are not kept: N x classes may not fit)."""
   predict_fn = make_predict_fn(normalization, mesh, flip)  # Compiled once.
-  loss_sum, labels, predictions = 0.0, [], []
+  totals, labels, predictions = None, [], []
   for batch in split.batches(np.arange(len(split)), batch_size):
     part = data.Split(batch['image'], batch['label'])
-    metrics, _, predicted = _predict(predict_fn, state, part, batch_size, mesh)
-    loss_sum += metrics['loss'] * len(part)
+    sums, _, predicted = _predict(predict_fn, state, part, batch_size, mesh,
+                                  with_sums=True)
+    sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     labels.append(part.labels)
     predictions.append(predicted)
-  labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-  metrics = {'loss': loss_sum / len(labels),
-             'accuracy': float(np.mean(labels == predictions)),
-             'num_examples': len(labels)}
-  return metrics, labels, predictions
+  return (split_metrics(totals), np.concatenate(labels),
+          np.concatenate(predictions))
 
 
-def _restore(config, workdir, which):
+def _restore(config, workdir, which, member=None):
   config_lib.validate(config)
   mesh = train.create_mesh()
   state, step, meta = evaluate.restore_for_inference(config, workdir, which,
                                                      mesh)
+  if member is not None:
+    state, meta = select_member(state, meta, member)
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   return state, step, meta, normalization, mesh
+
+
+def used_members(meta) -> list[dict]:
+  """The members whose predictions were averaged: seed and hyperparameters."""
+  return [{k: m[k] for k in ('seed', 'learning_rate', 'weight_decay')}
+          for m in meta['members']]
+
+
+def describe_members(meta, member) -> str:
+  """'' for a single-member run, else which member(s) predicted."""
+  if member is not None:
+    return f', member {member}'
+  count = len(meta['members'])
+  return f', ensemble of {count} members' if count > 1 else ''
+
+
+def select_member(state, meta, k: int):
+  """(state, meta) of member k alone (--member=K), still with a member axis."""
+  members = meta['members']
+  if not 0 <= k < len(members):
+    raise ConfigError(f'--member={k} is not valid: the checkpoint has '
+                      f'{len(members)} member(s), 0 to {len(members) - 1}')
+  state = state.replace(params=jax.tree.map(lambda x: x[k:k + 1], state.params),
+                        batch_stats=jax.tree.map(lambda x: x[k:k + 1],
+                                                 state.batch_stats))
+  return state, {**meta, 'members': [members[k]]}
 
 
 def output_dir(workdir: str, split: str, step: int) -> str:
@@ -211,12 +278,18 @@ def write_confusion(workdir, split, step, labels, predictions, class_names):
 
 
 def samples(config, workdir: str, which: str = 'best', split: str = 'test',
-            num_samples: int = 16, seed=None, as_json: bool = False) -> dict:
-  """K random images of `split` (seeded), truth and prediction, and a grid."""
+            num_samples: int = 16, seed=None, as_json: bool = False,
+            member=None) -> dict:
+  """K random images of `split` (seeded), truth and prediction, and a grid.
+
+  Predictions are the ensemble's (the members' averaged probabilities), or
+  member `member`'s alone.
+  """
   if num_samples < 1:
     raise ConfigError(f'--num_samples={num_samples} must be >= 1')
   seed = config.seed if seed is None else seed
-  state, step, meta, normalization, mesh = _restore(config, workdir, which)
+  state, step, meta, normalization, mesh = _restore(config, workdir, which,
+                                                    member)
   examples = load_split(config, split)
   class_names = meta['class_names']
   count = min(num_samples, len(examples))
@@ -238,7 +311,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   path = os.path.join(output_dir(workdir, split, step),
                       f'samples_seed{seed}_n{count}.png')
   result = {'split': split, 'step': step, 'seed': seed, 'num_samples': count,
-            'correct': correct, 'image': path, 'samples': rows}
+            'correct': correct, 'image': path, 'samples': rows,
+            'members': used_members(meta)}
   if not _is_writer():
     return result
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -250,7 +324,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   else:
     print(format_samples(rows))
     print(f'{correct}/{count} correct ({correct / count:.1%}) on {split}, '
-          f'checkpoint step {step}, seed {seed}; grid: {path}')
+          f'checkpoint step {step}{describe_members(meta, member)}, seed '
+          f'{seed}; grid: {path}')
   return result
 
 
@@ -346,11 +421,13 @@ def decode_images(paths, image_size: int, grayscale: bool) -> np.ndarray:
 
 
 def predict(config, workdir: str, which: str = 'best', images: str = '',
-            as_json: bool = False) -> list[dict]:
-  """Top-5 classes with probabilities for each image file."""
+            as_json: bool = False, member=None) -> list[dict]:
+  """Top-5 classes with probabilities for each image file, of the ensemble
+  (the members' averaged probabilities) or of member `member` alone."""
   paths = image_paths(images)  # Bad paths fail before the model loads.
   decoded = decode_images(paths, config.data.image_size, config.data.grayscale)
-  state, step, meta, normalization, mesh = _restore(config, workdir, which)
+  state, step, meta, normalization, mesh = _restore(config, workdir, which,
+                                                    member)
   class_names = meta['class_names']
   split = data.Split(decoded, np.zeros(len(paths), np.int32))
   _, probabilities, _ = predict_split(
@@ -365,10 +442,11 @@ def predict(config, workdir: str, which: str = 'best', images: str = '',
          'probability': float(p[c])} for c in top]})
   if _is_writer():
     if as_json:
-      print(json.dumps({'step': step, 'predictions': results}))
+      print(json.dumps({'step': step, 'members': used_members(meta),
+                        'predictions': results}))
     else:
       print(format_predictions(results))
-      print(f'checkpoint step {step}')
+      print(f'checkpoint step {step}{describe_members(meta, member)}')
   return results
 
 

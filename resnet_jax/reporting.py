@@ -264,9 +264,17 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
     for split, label, style in (('train', 'train' + (smoothed if name == 'loss'
                                                      else ''), '-'),
                                 ('val', 'validation', 'o-')):
+      color = 'C0' if split == 'train' else 'C1'
+      members = member_keys(history, f'{split}_{name}')
+      for key in members:  # Each member thinly, their mean boldly.
+        steps, values = _series(history, key)
+        ax.plot(steps, values, style, color=color, linewidth=0.6, alpha=0.4,
+                markersize=1.5)
       steps, values = _series(history, f'{split}_{name}')
       if steps:
-        ax.plot(steps, values, style, label=label, markersize=3)
+        ax.plot(steps, values, style, color=color, markersize=3,
+                linewidth=2.2 if members else None,
+                label=label + (f' (mean of {len(members)})' if members else ''))
     ax.set_xlabel('step')
     ax.set_ylabel(name)
     ax.set_title(title)
@@ -275,6 +283,15 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
       ax.legend()
     _epoch_axis(ax, history)
     fig.savefig(os.path.join(plot_dir, f'{name}.png'))
+
+
+def member_keys(history, key: str) -> list[str]:
+  """'KEY_member0', 'KEY_member1', ...: the per-member series of `key` (none
+  for a single member)."""
+  prefix = key + '_member'
+  found = {k for r in history for k in r
+           if k.startswith(prefix) and k[len(prefix):].isdigit()}
+  return sorted(found, key=lambda k: int(k[len(prefix):]))
 
 
 def schedule_points(train_config):
@@ -301,15 +318,25 @@ def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fig = _figure()
   ax = fig.add_subplot()
-  ax.plot(steps, rates, label=f'{config.train.schedule} schedule')
-  logged_steps, logged = _series(history, 'train_learning_rate')
-  if logged_steps:
-    # Logged is the rate of the interval's last step, which used step - 1.
-    ax.plot(np.asarray(logged_steps) - 1, logged, '.', label='logged',
-            markersize=4)
+  peaks = sorted({m['learning_rate'] for m in config_lib.members(config)})
+  if peaks == [config.train.learning_rate]:
+    ax.plot(steps, rates, label=f'{config.train.schedule} schedule')
+  else:  # A learning-rate sweep: the schedule at each member's peak.
+    for peak in peaks:
+      ax.plot(steps, rates * (peak / config.train.learning_rate),
+              label=f'{config.train.schedule} schedule, peak {peak:g}')
+  for key in (member_keys(history, 'train_learning_rate')
+              or ['train_learning_rate']):
+    logged_steps, logged = _series(history, key)
+    if logged_steps:
+      # Logged is the rate of the interval's last step, which used step - 1.
+      ax.plot(np.asarray(logged_steps) - 1, logged, '.', color='black',
+              label='logged' if key.endswith(('rate', 'member0')) else None,
+              markersize=4)
   ax.set_xlabel('step')
   ax.set_ylabel('learning rate')
-  ax.set_title(f'Learning rate: peak {config.train.learning_rate:g}, warmup '
+  ax.set_title(f'Learning rate: peak {", ".join(f"{p:g}" for p in peaks)}, '
+               f'warmup '
                f'{config.train.warmup_steps} of {config.train.steps} steps')
   ax.set_xlim(0, config.train.steps)
   ax.set_ylim(bottom=0)
@@ -346,9 +373,14 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
   model = (f'ResNet-{depth} ({m.shortcut} shortcuts)' if m.name == 'resnet'
            else f'plain CNN, {depth} layers')
   channels = 1 if d.grayscale else 3
-  optimizer = (f'{t.optimizer}, peak learning rate {t.learning_rate:g}, '
+  swept = lambda values, default: (
+      ', '.join(f'{v:g}' for v in values) + ' (swept)' if values
+      else f'{default:g}')
+  optimizer = (f'{t.optimizer}, peak learning rate '
+               f'{swept(t.get("sweep_learning_rates", ()), t.learning_rate)}, '
                f'{t.schedule} schedule, {t.warmup_steps} warmup steps, '
-               f'momentum {t.momentum:g}, weight decay {t.weight_decay:g}, '
+               f'momentum {t.momentum:g}, weight decay '
+               f'{swept(t.get("sweep_weight_decays", ()), t.weight_decay)}, '
                f'label smoothing {t.label_smoothing:g}')
   best = best_validation(history)
   last = next((r for r in reversed(history) if r.get('epoch') is not None),
@@ -388,12 +420,28 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
   ]
   lines = ['# Training report', '', '| | |', '|---|---|']
   lines += [f'| {k} | {v} |' for k, v in rows]
+  lines += members_table(summary.get('members') or [])
   lines += ['', 'Full config: [config.json](config.json); history: '
             '[metrics.jsonl](metrics.jsonl), [metrics.csv](metrics.csv); '
             'TensorBoard: `tensorboard --logdir=tensorboard`.', '',
             '## Plots', '']
   lines += [f'![{name[:-4]}](plots/{name})' for name in PLOTS]
   return '\n'.join(lines) + '\n'
+
+
+def members_table(members) -> list[str]:
+  """Markdown lines: each member's hyperparameters and final validation."""
+  if not members:
+    return []
+  lines = ['', '## Members', '',
+           '| member | seed | learning rate | weight decay | validation '
+           'accuracy | validation loss | |', '|---|---|---|---|---|---|---|']
+  for k, m in enumerate(members):
+    lines.append(f'| {k} | {m["seed"]} | {m["learning_rate"]:g} | '
+                 f'{m["weight_decay"]:g} | {_fmt(m.get("val_accuracy"), ".4f")} '
+                 f'| {_fmt(m.get("val_loss"), ".4f")} | '
+                 f'{"diverged, frozen" if m.get("frozen") else ""} |')
+  return lines
 
 
 def write_schedule_plot(config, workdir: str) -> str:

@@ -1,8 +1,13 @@
 """Train state, the jitted train and eval steps, and the training loop.
 
-Everything random is derived from (seed, step): the batch order from the
-epoch, the augmentation from the step. A checkpoint therefore needs only the
-train state to resume exactly. A dataset that fits memory lives on the
+A run trains one or more members (config.members: seeds and swept learning
+rates and weight decays) together: their train states are stacked on a
+leading member axis and one jitted step vmaps the single-member `train_step`
+over them. A single run is the case of one member.
+
+Everything random is derived from (member's seed, step): the batch order
+from the epoch, the augmentation from the step. A checkpoint therefore needs
+only the train state to resume exactly. A dataset that fits memory lives on the
 devices and each step samples its batch there; a larger one is streamed
 (data/stream.py), batch by batch in the same order.
 """
@@ -38,11 +43,23 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def create_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device: the batch is split along 'data'."""
+def create_mesh(shard_members: bool = False) -> jax.sharding.Mesh:
+  """A mesh over every device, axes ('members', 'data').
+
+  By default the batch is split along 'data' and every device holds every
+  member ('members' has size 1); with `shard_members` (train.shard_members)
+  the member axis is split instead and each device trains whole members.
+  """
+  devices = jax.device_count()
+  shape = (devices, 1) if shard_members else (1, devices)
   # Auto axes: XLA propagates shardings from the constraints we place.
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(shape, ('members', 'data'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def member_sharding(mesh) -> NamedSharding:
+  """Stacked members (train state): the leading axis along 'members'."""
+  return NamedSharding(mesh, P('members'))
 
 
 def create_model(config):
@@ -51,19 +68,35 @@ def create_model(config):
       conv_general_dilated=cpu_conv.select_conv(config.model.conv_impl))
 
 
-def create_train_state(config, model, rng, mesh) -> TrainState:
-  """Initializes parameters and optimizer state, replicated on the mesh."""
+def create_train_state(config, model, mesh) -> TrainState:
+  """Each member's parameters and optimizer state, initialized from its seed
+  and stacked on a leading member axis, replicated on the mesh."""
   channels = 1 if config.data.grayscale else 3
   shape = (1, config.data.image_size, config.data.image_size, channels)
 
-  def init():
-    variables = model.init(rng, jnp.zeros(shape), train=False)
-    return TrainState.create(
+  def init(seed, learning_rate, weight_decay):
+    variables = model.init(jax.random.key(seed), jnp.zeros(shape), train=False)
+    state = TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'],
         tx=optim.create_optimizer(config.train))
+    return state.replace(opt_state=optim.with_hyperparams(
+        state.opt_state, learning_rate, weight_decay))
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  members = config_lib.members(config)
+  column = lambda key, dtype: jnp.asarray([m[key] for m in members], dtype)
+  return jax.jit(jax.vmap(init), out_shardings=member_sharding(mesh))(
+      column('seed', jnp.uint32), column('learning_rate', jnp.float32),
+      column('weight_decay', jnp.float32))
+
+
+def member_keys(config):
+  """(order keys, augmentation keys), one per member, each drawn as a single
+  run with the member's seed draws them."""
+  seeds = jnp.asarray([m['seed'] for m in config_lib.members(config)],
+                      jnp.uint32)
+  keys = jax.vmap(lambda seed: jax.random.split(jax.random.key(seed)))(seeds)
+  return keys[:, 0], keys[:, 1]
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -73,8 +106,9 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
 
 
 def train_step(state, batch, rng, *, normalization, label_smoothing,
-               learning_rate_fn):
-  """One SGD step on a batch of uint8 images: augment, forward, backward."""
+               train_config):
+  """One member's SGD step on a batch of uint8 images: augment, forward,
+  backward."""
   images = augment.random_crop_flip(rng, batch['image'])
   images = augment.normalize(images, *normalization)
 
@@ -98,7 +132,8 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
       'finite': finite,
       'loss': loss,
       'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-      'learning_rate': learning_rate_fn(state.step),
+      'learning_rate': optim.learning_rate(state.opt_state, train_config,
+                                           state.step),
   }
   return new_state, metrics
 
@@ -134,18 +169,22 @@ def sample_batch(train_data, step, order_key, batch_size):
 
 
 def make_train_fn(config, mesh, normalization, streamed=False):
-  """Jitted (state, train_data) -> (state, metrics): sample, augment, update.
+  """Jitted (state, train_data[, active]) -> (state, metrics): every member
+  samples its batch, augments and updates, vmapped over the member axis.
 
-  With `streamed`, the second argument is the step's batch itself, built by
-  the host's loader (stream.TrainBatches) in the order sample_batch draws.
+  `active` (members,) is False for a member frozen after diverging (with
+  train.on_nonfinite=stop): its state stays, only its step advances. The
+  metrics carry the next step's `active`. With `streamed`, the second
+  argument is the step's batches themselves, (members, batch, ...), built
+  by the host's loader (stream.TrainBatches) in the order sample_batch draws.
   """
-  order_key, augment_key = jax.random.split(jax.random.key(config.seed))
+  order_keys, augment_keys = member_keys(config)
   step_fn = functools.partial(
       train_step, normalization=normalization,
-      label_smoothing=config.train.label_smoothing,
-      learning_rate_fn=optim.create_schedule(config.train))
+      label_smoothing=config.train.label_smoothing, train_config=config.train)
+  skip = config.train.on_nonfinite == 'skip'
 
-  def train_fn(state, train_data):
+  def member_step(state, train_data, order_key, augment_key, active):
     if streamed:
       batch = train_data
     else:
@@ -153,16 +192,31 @@ def make_train_fn(config, mesh, normalization, streamed=False):
                            config.train.batch_size)
     batch = jax.lax.with_sharding_constraint(
         batch, NamedSharding(mesh, P('data')))
-    return step_fn(state, batch, jax.random.fold_in(augment_key, state.step))
+    new_state, metrics = step_fn(state, batch,
+                                 jax.random.fold_in(augment_key, state.step))
+    new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old),
+                             new_state, state.replace(step=state.step + 1))
+    # With 'stop', a member's first non-finite step freezes it.
+    metrics['active'] = active & (metrics['finite'] | skip)
+    return new_state, metrics
 
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(train_fn, donate_argnums=0, out_shardings=replicated,
+  def train_fn(state, train_data, active=None):
+    if active is None:  # Every member trains.
+      active = jnp.ones(len(order_keys), bool)
+    # spmd_axis_name: the member axis of the batch follows the state's.
+    return jax.vmap(member_step, in_axes=(0, 0 if streamed else None, 0, 0, 0),
+                    spmd_axis_name='members')(
+        state, train_data, order_keys, augment_keys, active)
+
+  out_shardings = (member_sharding(mesh), NamedSharding(mesh, P()))
+  return jax.jit(train_fn, donate_argnums=0, out_shardings=out_shardings,
                  compiler_options=cpu_conv.jit_compiler_options(
                      config.model.conv_impl))
 
 
 def make_eval_fn(normalization, flip=False):
-  """Jitted (state, eval_data) -> sums, scanning over the padded chunks."""
+  """Jitted (state, eval_data) -> each member's sums (members,), scanning
+  over the padded chunks."""
 
   def eval_fn(state, eval_data):
     def body(totals, batch):
@@ -173,7 +227,7 @@ def make_eval_fn(normalization, flip=False):
     zeros = jax.tree.map(jnp.asarray, zeros)
     return jax.lax.scan(body, zeros, eval_data)[0]
 
-  return jax.jit(eval_fn)
+  return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)))
 
 
 def put_replicated(arrays: dict, mesh):
@@ -202,10 +256,19 @@ def put_eval_chunks(split: data.Split, batch_size: int, mesh):
 
 
 def evaluate(eval_fn, state, eval_data) -> dict:
-  sums = jax.device_get(eval_fn(state, eval_data))
-  count = int(sums['count'])
-  return {'loss': float(sums['loss']) / count,
-          'accuracy': float(sums['correct']) / count, 'num_examples': count}
+  return member_metrics(jax.device_get(eval_fn(state, eval_data)))
+
+
+def member_metrics(sums) -> dict:
+  """From each member's sums: the members' mean loss and accuracy, and the
+  lists `member_loss` and `member_accuracy`."""
+  count = int(np.asarray(sums['count']).reshape(-1)[0])
+  losses = np.asarray(sums['loss'], np.float64).reshape(-1) / count
+  accuracies = np.asarray(sums['correct'], np.float64).reshape(-1) / count
+  return {'loss': float(np.mean(losses)),
+          'accuracy': float(np.mean(accuracies)), 'num_examples': count,
+          'member_loss': losses.tolist(),
+          'member_accuracy': accuracies.tolist()}
 
 
 class Interrupted(Exception):
@@ -243,16 +306,21 @@ class StopSignals:
 
 
 def restore_or_init(manager, config, state, workdir):
-  """Resumes from the newest intact checkpoint, else starts at step 0.
+  """(state, step, meta) of the newest intact checkpoint, else (state, 0,
+  None).
 
   An unreadable checkpoint (a kill during a save, a truncated file) is moved
   to WORKDIR/corrupt_checkpoints/ with a warning, never deleted. A readable
-  one written for another architecture or optimizer is an error.
+  one written for another architecture, optimizer or number of members is an
+  error; one written before runs had members resumes as a run of one.
   """
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      checkpoint.restore_meta(manager, step, config)
-      state = checkpoint.restore_state(manager, step, state)
+      meta = checkpoint.restore_meta(manager, step, config)
+      checkpoint.check_members(meta, config, manager.directory, step)
+      restored = (checkpoint.restore_state(manager, step, state)
+                  if 'members' in meta else
+                  restore_single_model(manager, step, state))
     except checkpoint.CorruptCheckpointError as e:
       moved = checkpoint.quarantine(manager, step, workdir)
       print(f'warning: skipping checkpoint {step} ({e}); moved it to {moved}',
@@ -260,21 +328,81 @@ def restore_or_init(manager, config, state, workdir):
       continue
     if jax.process_index() == 0:
       print(f'Resuming from step {step} in {manager.directory}')
-    return state, step
-  return state, 0
+    # The config's learning rates and weight decays apply from here on.
+    hyperparams = state.opt_state.hyperparams
+    state = restored.replace(opt_state=optim.with_hyperparams(
+        restored.opt_state, hyperparams['learning_rate'],
+        hyperparams['weight_decay']))
+    return state, step, meta
+  return state, 0, None
 
 
-def check_finite(fetched, first_step, on_nonfinite):
-  """Stops the run at the first non-finite step, unless told to skip those."""
-  bad = [first_step + i for i, m in enumerate(fetched) if not m['finite']]
-  if bad and on_nonfinite == 'stop':
+def restore_single_model(manager, step: int, state):
+  """`state` (one member) from a checkpoint written before runs had members:
+  no member axis, and an optimizer state without the injected
+  hyperparameters. The config's learning rate and weight decay fill those."""
+  mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+  replicated = NamedSharding(mesh, P())
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=replicated),
+      state.replace(opt_state=state.opt_state.inner_state))
+  saved = checkpoint.restore_state(manager, step, target)
+
+  def add_member_axis(saved, state):
+    stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
+    opt_state = state.opt_state._replace(
+        count=jnp.full_like(state.opt_state.count, saved.step),
+        inner_state=stack(saved.opt_state))
+    return state.replace(step=stack(saved.step), params=stack(saved.params),
+                         batch_stats=stack(saved.batch_stats),
+                         opt_state=opt_state)
+
+  return jax.jit(add_member_axis, out_shardings=member_sharding(mesh))(
+      saved, state)
+
+
+def member_name(member: dict) -> str:
+  return (f'seed {member["seed"]}, learning rate {member["learning_rate"]:g}, '
+          f'weight decay {member["weight_decay"]:g}')
+
+
+def check_finite(fetched, first_step, on_nonfinite, active, members):
+  """Reports the non-finite steps of each member; returns (skipped member
+  steps, each member's `active` after the last step).
+
+  With 'stop' a member's first non-finite step froze it (in the train step);
+  the run stops when no member is left (a single run: at once).
+  """
+  finite = np.array([m['finite'] for m in fetched]).reshape(len(fetched), -1)
+  was_active = np.concatenate([np.asarray(active)[None],
+                               np.array([m['active'] for m in fetched])])
+  if on_nonfinite == 'skip':
+    for k in range(finite.shape[1]):
+      bad = [first_step + i for i in np.flatnonzero(~finite[:, k])]
+      who = (f' of member {k} ({member_name(members[k])})'
+             if len(members) > 1 else '')
+      if bad:
+        print(f'warning: skipped non-finite steps{who} {bad}', file=sys.stderr)
+    return int((~finite).sum()), was_active[-1]
+  for k in range(finite.shape[1]):
+    bad = np.flatnonzero(~finite[:, k] & was_active[:-1, k])
+    if not bad.size:  # Finite, or frozen before (a validation reports it).
+      continue
+    step = first_step + int(bad[0])
+    if len(members) == 1:
+      raise TrainingDiverged(
+          f'non-finite loss or gradient at step {step}; the update was not '
+          'applied and the last good checkpoint is kept (lower '
+          'train.learning_rate, or set train.on_nonfinite=skip)')
+    print(f'warning: member {k} ({member_name(members[k])}) diverged: '
+          f'non-finite loss or gradient at step {step}; it stays frozen at its '
+          'last good state, the others go on', file=sys.stderr)
+  if not was_active[-1].any():
     raise TrainingDiverged(
-        f'non-finite loss or gradient at step {bad[0]}; the update was not '
-        'applied and the last good checkpoint is kept (lower '
-        'train.learning_rate, or set train.on_nonfinite=skip)')
-  if bad:
-    print(f'warning: skipped non-finite steps {bad}', file=sys.stderr)
-  return len(bad)
+        f'every member diverged (non-finite loss or gradient) by step '
+        f'{first_step + len(fetched) - 1}; the last good checkpoint is kept '
+        '(lower the learning rates, or set train.on_nonfinite=skip)')
+  return 0, was_active[-1]
 
 
 def archive_previous_run(workdir: str) -> str:
@@ -315,8 +443,11 @@ class ProgressLog:
   """Train metrics every train.log_every steps and validation metrics, to the
   reporter (files, TensorBoard, plots) and the progress bar (process 0)."""
 
-  def __init__(self, config, reporter, start: int, steps_per_epoch: int):
+  def __init__(self, config, reporter, start: int, steps_per_epoch: int,
+               active):
     self.config, self.reporter = config, reporter
+    self.members = config_lib.members(config)
+    self.active = np.asarray(active)  # As of the last fetched step.
     self.steps_per_epoch = steps_per_epoch
     self.bar = tqdm(total=config.train.steps, initial=start, unit='step',
                     dynamic_ncols=True, disable=jax.process_index() != 0)
@@ -325,30 +456,54 @@ class ProgressLog:
   def train(self, step: int, pending: list):
     """Fetches the metrics of the steps up to `step` and records their mean."""
     fetched = jax.device_get(pending)
-    self.skipped += check_finite(fetched, step - len(fetched) + 1,
-                                 self.config.train.on_nonfinite)
+    skipped, self.active = check_finite(
+        fetched, step - len(fetched) + 1, self.config.train.on_nonfinite,
+        self.active, self.members)
+    self.skipped += skipped
     now = time.perf_counter()
-    if self.last_log is not None:  # The first interval includes compilation.
+    # Images of all members together; the first interval includes compilation.
+    if self.last_log is not None:
       self.images_per_sec = (len(fetched) * self.config.train.batch_size
-                             / (now - self.last_log))
+                             * len(self.members) / (now - self.last_log))
     self.last_log = now
-    record = {k: float(np.mean([m[k] for m in fetched]))
-              for k in ('loss', 'accuracy')}
-    record['learning_rate'] = float(fetched[-1]['learning_rate'])
+    # Each member's mean over its applied steps; the record's mean over those.
+    applied = np.array([m['finite'] & m['active'] for m in fetched])
+    per_member = {}
+    for k in ('loss', 'accuracy'):
+      values = np.array([m[k] for m in fetched], np.float64)
+      per_member[k] = [float(np.mean(v[a])) if a.any() else None
+                       for v, a in zip(values.T, applied.T)]
+    per_member['learning_rate'] = [
+        float(x) for x in np.reshape(fetched[-1]['learning_rate'], -1)]
+    record = {f'train_{k}': _mean(v) for k, v in per_member.items()}
     self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
-                         **{f'train_{k}': v for k, v in record.items()},
+                         **record, **self._by_member('train', per_member),
                          'images_per_sec': self.images_per_sec,
                          'skipped_steps': self.skipped})
-    self.bar.set_postfix(loss=f'{record["loss"]:.3f}',
-                         acc=f'{record["accuracy"]:.3f}',
-                         lr=f'{record["learning_rate"]:.4f}',
+    fmt = lambda x, spec: 'n/a' if x is None else format(x, spec)
+    self.bar.set_postfix(loss=fmt(record['train_loss'], '.3f'),
+                         acc=fmt(record['train_accuracy'], '.3f'),
+                         lr=fmt(record['train_learning_rate'], '.4f'),
                          img_s=f'{self.images_per_sec or 0:.0f}')
     self.bar.update(step - self.bar.n)
 
+  def _by_member(self, prefix: str, per_member: dict) -> dict:
+    """{'PREFIX_KEY_memberK': value}: each member's figures, when several."""
+    if len(self.members) == 1:
+      return {}
+    return {f'{prefix}_{key}_member{k}': v for key, values in per_member.items()
+            for k, v in enumerate(values)}
+
   def validation(self, step: int, val: dict):
+    per_member = {'loss': [_finite_or_none(x) for x in val['member_loss']],
+                  'accuracy': val['member_accuracy']}
+    extra = {}
+    if len(self.members) > 1:
+      extra['val_accuracy_std'] = float(np.std(val['member_accuracy']))
     self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
                          'val_loss': val['loss'],
-                         'val_accuracy': val['accuracy']})
+                         'val_accuracy': val['accuracy'], **extra,
+                         **self._by_member('val', per_member)})
     self.reporter.evaluated()
     if jax.process_index() == 0:
       self.bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
@@ -359,15 +514,41 @@ class ProgressLog:
     self.bar.close()
 
 
-def check_validation(val: dict, step: int, on_nonfinite: str) -> bool:
-  """Whether the validation loss is finite; stops the run if not (stop)."""
-  finite = bool(np.isfinite(val['loss']))
-  if not finite and on_nonfinite == 'stop':
+def _mean(values):
+  """The mean of the values that are not None (None if none is)."""
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def _finite_or_none(x):
+  return float(x) if np.isfinite(x) else None
+
+
+def check_validation(val: dict, step: int, on_nonfinite: str, members):
+  """Each member's validation loss is finite (a bool array); with 'stop', a
+  single run whose loss is not, or a run where no member's is, stops."""
+  finite = np.isfinite(val['member_loss'])
+  if on_nonfinite == 'stop' and not finite.any():
     raise TrainingDiverged(
         f'non-finite validation loss at step {step}; not saved, the last good '
         'checkpoint is kept (lower train.learning_rate, or set '
         'train.on_nonfinite=skip)')
+  if on_nonfinite == 'stop':
+    for k in np.flatnonzero(~finite):
+      print(f'warning: member {k} ({member_name(members[k])}) has a '
+            f'non-finite validation loss at step {step}; it stays frozen',
+            file=sys.stderr)
   return finite
+
+
+def ranking_metrics(val: dict, finite):
+  """What best checkpoints are chosen by: the mean validation accuracy and
+  loss of the members whose loss is finite (None if no member's is)."""
+  if not finite.any():
+    return None
+  mean = lambda key: float(np.mean(np.asarray(val[key])[finite]))
+  return {'val_accuracy': mean('member_accuracy'),
+          'val_loss': mean('member_loss')}
 
 
 def make_inputs(config, splits, normalization, start: int, mesh, streamed):
@@ -390,9 +571,25 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
     val_data = put_eval_chunks(splits['val'], batch_size, mesh)
     run_eval = lambda state: evaluate(eval_fn, state, val_data)
   else:
-    run_eval = lambda state: stream.evaluate(eval_fn, state, splits['val'],
-                                             batch_size, mesh)
+    run_eval = lambda state: member_metrics(stream.evaluate(
+        eval_fn, state, splits['val'], batch_size, mesh))
   return train_inputs, train_fn, run_eval
+
+
+def check_mesh(config, mesh):
+  """The batch splits over 'data', the members over 'members'."""
+  data_devices, num_members = mesh.shape['data'], len(config_lib.members(config))
+  if config.train.batch_size % data_devices:
+    raise ConfigError(f'train.batch_size={config.train.batch_size} must be a '
+                      f'multiple of the {data_devices} devices')
+  if not config.train.shard_members:
+    return
+  if num_members % mesh.shape['members']:
+    raise ConfigError(f'train.shard_members needs a multiple of the '
+                      f'{mesh.shape["members"]} devices as members, not '
+                      f'{num_members}')
+  if jax.process_count() > 1:  # Each process loads a slice of every batch.
+    raise ConfigError('train.shard_members works with one process only')
 
 
 def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
@@ -405,35 +602,40 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   """
   run_start = time.perf_counter()
   config_lib.validate(config)
-  mesh = create_mesh()
-  if config.train.batch_size % mesh.devices.size:
-    raise ConfigError(f'train.batch_size={config.train.batch_size} must be a '
-                      f'multiple of the {mesh.devices.size} devices')
+  mesh = create_mesh(config.train.shard_members)
+  check_mesh(config, mesh)
   streamed = stream.should_stream(config)
   splits, normalization = load_train_val(config, streamed)
   class_names = data.class_names(config)
   model = create_model(config)
-  state = create_train_state(config, model, jax.random.key(config.seed), mesh)
+  state = create_train_state(config, model, mesh)
 
   if restart and os.path.isdir(workdir):
     print(f'--restart: moved the previous run to {archive_previous_run(workdir)}')
   manager = checkpoint.create_manager(workdir)
   meta = checkpoint.make_meta(config, normalization, class_names)
-  state, start = restore_or_init(manager, config, state, workdir)
+  state, start, restored = restore_or_init(manager, config, state, workdir)
+  active = np.array([not m.get('frozen', False)
+                     for m in checkpoint.members(restored or meta)])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   train_inputs, train_fn, run_eval = make_inputs(
       config, splits, normalization, start, mesh, streamed)
   log = ProgressLog(config, reporting.Reporter(workdir, config, start), start,
-                    len(splits['train']) // config.train.batch_size)
+                    len(splits['train']) // config.train.batch_size, active)
+  active = put_replicated({'active': active}, mesh)['active']
+  # Each save records which members are frozen (diverged, 'stop').
+  meta_now = lambda: checkpoint.with_frozen(meta, ~np.asarray(
+      jax.device_get(active)))
 
   end = min(config.train.steps, stop_at_step or config.train.steps)
   pending, val, saved_step = [], {}, start
   try:
     with StopSignals() as signals:
       for step in range(start + 1, end + 1):
-        state, metrics = train_fn(state, next(train_inputs))
+        state, metrics = train_fn(state, next(train_inputs), active)
+        active = metrics['active']
         pending.append(metrics)
         log_now = step % config.train.log_every == 0 or step == end
         if log_now:
@@ -441,19 +643,22 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
           pending = []
         if step % config.train.eval_every == 0 or step == end:
           val = run_eval(state)
-          finite = check_validation(val, step, config.train.on_nonfinite)
+          finite = check_validation(val, step, config.train.on_nonfinite,
+                                    log.members)
+          if config.train.on_nonfinite == 'stop' and not finite.all():
+            frozen = np.asarray(jax.device_get(active)) & finite
+            active = put_replicated({'active': frozen}, mesh)['active']
           log.validation(step, val)
           # A non-finite validation loss must not rank as a best checkpoint.
-          checkpoint.save(manager, step, state, meta, metrics={
-              'val_accuracy': val['accuracy'], 'val_loss': val['loss']}
-                          if finite else None)
+          checkpoint.save(manager, step, state, meta_now(),
+                          metrics=ranking_metrics(val, finite))
           saved_step = step
         # Processes agree on stopping at log steps; alone, one stops at once.
         signum = (signals.any_process_stopping()
                   if log_now or jax.process_count() == 1 else 0)
         if signum and step < end:
           if saved_step != step:
-            checkpoint.save(manager, step, state, meta)
+            checkpoint.save(manager, step, state, meta_now())
           raise Interrupted(signum, step, manager.directory)
   finally:  # Whatever stops the loop, pending saves complete.
     log.close()
@@ -463,7 +668,14 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
     manager.close()
   summary = {'step': end, 'val_accuracy': val.get('accuracy'),
              'val_loss': val.get('loss'), 'images_per_sec': log.images_per_sec,
-             'num_params': sum(p.size for p in jax.tree.leaves(state.params)),
+             # Of one member.
+             'num_params': sum(p[0].size for p in jax.tree.leaves(state.params)),
+             'members': [{**m, 'val_accuracy': a, 'val_loss': _finite_or_none(l),
+                          'frozen': not alive}
+                         for m, a, l, alive in zip(
+                             log.members, val.get('member_accuracy', []),
+                             val.get('member_loss', []),
+                             np.asarray(jax.device_get(active)))],
              'wall_time_s': time.perf_counter() - run_start}
   log.reporter.finish(summary)
   return summary

@@ -29,7 +29,9 @@ INVALID_VALUES = {
     'train.weight_decay': -1e-4, 'train.label_smoothing': 1.0,
     'train.dtype': 'int8', 'train.on_nonfinite': 'ignore',
     'train.eval_every': 0, 'train.log_every': 0, 'train.eval_batch_size': 0,
-    'train.eval_flip': None,
+    'train.eval_flip': None, 'train.num_seeds': 0,
+    'train.sweep_learning_rates': '(0.1,-1)',
+    'train.sweep_weight_decays': '(-1,)', 'train.shard_members': None,
 }
 # data.dir and data.name only matter to the sources that read them.
 SOURCE_FOR = {'data.dir': 'cifar10_binary', 'data.name': 'tfds'}
@@ -72,6 +74,7 @@ ENTRY_POINT_CASES = [
     ('evaluate: empty workdir', ['--mode=evaluate', '--workdir=/tmp/no-such-run']),
     ('samples: zero samples', ['--mode=samples', '--num_samples=0']),
     ('samples: bad checkpoint', ['--mode=samples', '--checkpoint=-1']),
+    ('samples: no such member', ['--mode=samples', '--member=5']),
     ('predict: no images', ['--mode=predict']),
     ('predict: missing file', ['--mode=predict', '--images=/no/such.png']),
     ('predict: not an image', ['--mode=predict', '--images=/etc/hostname']),

@@ -23,7 +23,15 @@ def test_evaluate_prints_json_result_last(trained_workdir):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['split'] == 'val' and report['step'] == 12
   assert report['num_examples'] == 32 and 0 <= report['accuracy'] <= 1
-  assert set(report) == {'split', 'accuracy', 'loss', 'num_examples', 'step'}
+  assert set(report) == {'split', 'accuracy', 'loss', 'num_examples', 'step',
+                         'accuracy_std', 'members', 'ensemble'}
+  # One member: it is the mean and the ensemble.
+  assert report['accuracy_std'] == 0 and len(report['members']) == 1
+  member = report['members'][0]
+  assert member == {'seed': 0, 'learning_rate': 0.1, 'weight_decay': 5e-4,
+                    'accuracy': report['accuracy'], 'loss': report['loss']}
+  assert report['ensemble']['accuracy'] == report['accuracy']
+  assert report['ensemble']['loss'] == pytest.approx(report['loss'], rel=1e-5)
 
 
 def test_train_on_cifar_binary_then_evaluate_a_test_only_folder(

@@ -236,7 +236,8 @@ def test_grayscale_folder_trains_a_one_channel_model(tmp_path):
   state, step, meta = evaluate.restore_for_inference(
       config, str(tmp_path / 'w'), 'latest', mesh)
   assert step == 4  # The stem convolution sees one channel:
-  assert state.params['Conv_0']['kernel'].shape == (3, 3, 1, 16)
+  # (members, 3, 3, 1, 16): one member.
+  assert state.params['Conv_0']['kernel'].shape == (1, 3, 3, 1, 16)
   assert len(meta['normalization']['mean']) == 1
 
 

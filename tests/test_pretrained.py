@@ -57,8 +57,11 @@ def test_restores_with_its_architecture_and_refuses_another(run):
   model = train.create_model(config)
   expected = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
                         train=False)['params']
+  # Saved before runs had members: restored as one member, with its axis.
+  assert meta['members'] == [{'seed': 0, 'learning_rate': 0.1,
+                              'weight_decay': 5e-4, 'frozen': False}]
   assert (jax.tree.map(np.shape, state.params)
-          == jax.tree.map(np.shape, expected))
+          == jax.tree.map(lambda x: (1, *np.shape(x)), expected))
   config.model.shortcut = 'zeropad' if config.model.shortcut == 'conv' else 'conv'
   with pytest.raises(CheckpointError, match='another architecture'):
     evaluate.restore_for_inference(config, os.path.join(PRETRAINED, run),

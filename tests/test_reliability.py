@@ -123,7 +123,9 @@ def test_non_finite_update_is_not_applied():
   config = tiny_config(**{'train.warmup_steps': 0})
   mesh = train.create_mesh()
   model = train.create_model(config)
-  state = train.create_train_state(config, model, jax.random.key(0), mesh)
+  # Member 0 of the stacked state: train_step is one member's step.
+  state = jax.tree.map(lambda x: x[0],
+                       train.create_train_state(config, model, mesh))
   poisoned = state.replace(params=jax.tree.map(lambda p: p, state.params))
   poisoned.params['Dense_0']['bias'] = poisoned.params['Dense_0']['bias'].at[0].set(jnp.nan)
   batch = {'image': jax.random.randint(jax.random.key(2), (4, 16, 16, 3), 0,
@@ -131,7 +133,7 @@ def test_non_finite_update_is_not_applied():
            'label': jnp.zeros((4,), jnp.int32)}
   step = lambda s: train.train_step(
       s, batch, jax.random.key(1), normalization=([0.5] * 3, [0.25] * 3),
-      label_smoothing=0.0, learning_rate_fn=lambda _: 0.1)
+      label_smoothing=0.0, train_config=config.train)
   new, metrics = step(poisoned)
   assert not metrics['finite'] and int(new.step) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),

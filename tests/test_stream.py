@@ -31,7 +31,8 @@ def numbered_cifar(tmp_path):
 
 
 def ids(batch):
-  return np.asarray(batch['image'])[:, 0, 0, 0].astype(int)
+  """Example numbers of the batch of the first (here the only) member."""
+  return np.asarray(batch['image'])[0, :, 0, 0, 0].astype(int)
 
 
 def test_order_is_train_sample_batch_order():

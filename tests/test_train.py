@@ -73,6 +73,10 @@ def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
   mesh = train.create_mesh()
   state = evaluate.restore_for_inference(config, str(tmp_path), 'latest',
                                          mesh)[0]
+  # eval_step is one member's: the run's only member.
+  state = state.replace(
+      params=jax.tree.map(lambda x: x[0], state.params),
+      batch_stats=jax.tree.map(lambda x: x[0], state.batch_stats))
   images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8)
   batch = {'image': images, 'label': np.zeros(4, np.int32),
            'mask': np.ones(4, np.float32)}

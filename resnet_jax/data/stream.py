@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from resnet_jax import config as config_lib
 from resnet_jax import data
 from resnet_jax.data import cifar10_binary, folder, synthetic, tfds
 from resnet_jax.errors import DataError, require
@@ -216,8 +217,9 @@ def batch_examples(order, step: int, steps_per_epoch: int, batch_size: int):
 class TrainBatches:
   """Iterator of global train batches from `start_step` on, on the mesh.
 
-  `next()` gives the batch of the next step as a dict of arrays sharded
-  along 'data'; grain's threads decode the following ones meanwhile.
+  `next()` gives the batches of the next step, one per member (each in its
+  seed's order), as a dict of (members, batch, ...) arrays sharded along
+  'data'; grain's threads decode the following ones meanwhile.
   """
 
   def __init__(self, split: StreamedSplit, config, start_step: int, mesh):
@@ -225,19 +227,24 @@ class TrainBatches:
     steps_per_epoch = len(split) // batch_size
     processes, process = jax.process_count(), jax.process_index()
     local = batch_size // processes
-    order = _EpochOrder(config.seed, len(split))
+    orders = [_EpochOrder(m['seed'], len(split))
+              for m in config_lib.members(config)]
 
     def local_batch(step):
-      ks = batch_examples(order, step, steps_per_epoch, batch_size)
-      return _stack([split.example(int(k))
-                     for k in ks[process * local:(process + 1) * local]])
+      batches = []
+      for order in orders:
+        ks = batch_examples(order, step, steps_per_epoch, batch_size)
+        batches.append(_stack([split.example(int(k)) for k in
+                               ks[process * local:(process + 1) * local]]))
+      return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
     dataset = _grain().MapDataset.range(start_step, config.train.steps).map(
         local_batch)
     self._iterator = iter(dataset.to_iter_dataset(split.read_options()))
-    self._sharding = NamedSharding(mesh, P('data'))
-    self._shapes = {'image': (batch_size, *split.example(0)[0].shape),
-                    'label': (batch_size,)}
+    self._sharding = NamedSharding(mesh, P(None, 'data'))
+    self._shapes = {'image': (len(orders), batch_size,
+                              *split.example(0)[0].shape),
+                    'label': (len(orders), batch_size)}
 
   def __iter__(self):
     return self
@@ -254,7 +261,8 @@ class TrainBatches:
 
 
 def evaluate(eval_fn, state, split: StreamedSplit, batch_size: int, mesh):
-  """train.evaluate over a streamed split, one padded, masked chunk at a time.
+  """Each member's sums (train.make_eval_fn) over a streamed split, one
+  padded, masked chunk at a time (train.member_metrics makes the metrics).
 
   Every chunk has the same shape (one compilation); padding is masked out,
   so every example counts once, as with train.put_eval_chunks.
@@ -270,10 +278,8 @@ def evaluate(eval_fn, state, split: StreamedSplit, batch_size: int, mesh):
         (1, *v.shape), sharding, lambda i, v=v: v[None][i])
              for k, v in arrays.items()}
     sums = jax.device_get(eval_fn(state, chunk))
-    totals = {k: totals[k] + sums[k].item() for k in totals}
-  count = int(totals['count'])
-  return {'loss': totals['loss'] / count,
-          'accuracy': totals['correct'] / count, 'num_examples': count}
+    totals = {k: totals[k] + np.asarray(sums[k], np.float64) for k in totals}
+  return totals
 
 
 def _stack(examples):
