@@ -14,6 +14,8 @@ that fails or hangs is recorded and the others still run:
               same validation figures; then the same steps in bfloat16
   tests       a handful of the suite's tests on the GPU backend
   throughput  bench/gpu_throughput.py: JAX step vs the PyTorch twin
+  members     bench/members.py: total images/s of 1, 8 and 32 members
+              trained in one vmapped step (train.num_seeds)
   accuracy    bench/time_to_accuracy.py: process start to 91.25% validation
               accuracy with configs/resnet_conv_fast.py
 """
@@ -50,11 +52,14 @@ def stage_args(args):
     return dict(data=data, steps=8, eval_every=4, warmup=2, target=0.0,
                 throughput=['--models', 'resnet8', '--batch-sizes', '16',
                             '--dtypes', 'float32', '--steps', '2',
-                            '--warmup', '1'])
+                            '--warmup', '1'],
+                members=['--model', 'resnet8', '--batch-size', '16',
+                         '--members', '1,2', '--steps', '2', '--warmup', '1'])
   data = ['--config.data.source=cifar10_binary',
           f'--config.data.dir={os.path.abspath(args.data)}']
   return dict(data=data, steps=600, eval_every=200, warmup=100, target=0.9125,
-              throughput=['--steps', '50', '--warmup', '5'])
+              throughput=['--steps', '50', '--warmup', '5'],
+              members=['--members', '1,8,32', '--steps', '20', '--warmup', '3'])
 
 
 def main_command(config, workdir, *extra):
@@ -150,6 +155,15 @@ def throughput(args, s, scratch, deadline):
     return {'rows': json.load(f)['rows']}, {'throughput': shlex.join(command)}
 
 
+def members(args, s, scratch, deadline):
+  path = os.path.join(scratch, 'members.json')
+  command = [sys.executable, os.path.join(BENCH, 'members.py'), *s['members'],
+             f'--json={path}']
+  run(command, deadline)
+  with open(path) as f:
+    return {'rows': json.load(f)['rows']}, {'members': shlex.join(command)}
+
+
 def accuracy(args, s, scratch, deadline):
   command = [sys.executable, os.path.join(BENCH, 'time_to_accuracy.py'),
              f'--target={s["target"]}',
@@ -162,8 +176,9 @@ def accuracy(args, s, scratch, deadline):
 
 
 # Time limits in seconds: 8 minutes in all.
-STAGES = {'smoke': (smoke, 140), 'tests': (tests, 60),
-          'throughput': (throughput, 130), 'accuracy': (accuracy, 150)}
+STAGES = {'smoke': (smoke, 125), 'tests': (tests, 45),
+          'throughput': (throughput, 100), 'members': (members, 65),
+          'accuracy': (accuracy, 145)}
 
 
 def environment() -> dict:

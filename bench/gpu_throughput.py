@@ -23,7 +23,8 @@ sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
 
 
-def bench_jax(n, batch, dtype, steps, warmup):
+def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1):
+  """(images/s of all members together, compile s) of the real step."""
   import jax
   from resnet_jax import config as config_lib, data, train
   config = config_lib.base_config()
@@ -31,12 +32,12 @@ def bench_jax(n, batch, dtype, steps, warmup):
   config.data.source = 'synthetic'
   config.data.synthetic_examples = batch * 8
   config.train.batch_size, config.train.dtype = batch, dtype
+  config.train.num_seeds = num_seeds
   mesh = train.create_mesh()
   split = data.load_splits(config, ('train',))['train']
   train_data = train.put_replicated(
       {'image': split.images, 'label': split.labels}, mesh)
-  state = train.create_train_state(config, train.create_model(config),
-                                   jax.random.key(0), mesh)
+  state = train.create_train_state(config, train.create_model(config), mesh)
   step = train.make_train_fn(config, mesh, data.channel_stats(split.images))
   start = time.perf_counter()
   state, metrics = step(state, train_data)
@@ -49,7 +50,8 @@ def bench_jax(n, batch, dtype, steps, warmup):
   for _ in range(steps):
     state, metrics = step(state, train_data)
   jax.block_until_ready((state, metrics))
-  return batch * steps / (time.perf_counter() - start), compile_s
+  return (num_seeds * batch * steps / (time.perf_counter() - start),
+          compile_s)
 
 
 def bench_torch(n, batch, dtype, steps, warmup, compile_model):

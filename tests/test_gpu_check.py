@@ -21,16 +21,17 @@ def test_dry_run_lists_every_stage_within_eight_minutes():
   assert result.returncode == 0, result.stderr
   limits = {line.split(':')[0]: int(line.split('up to ')[1].split()[0])
             for line in result.stdout.splitlines() if 'up to' in line}
-  assert list(limits) == ['smoke', 'tests', 'throughput', 'accuracy']
+  assert list(limits) == ['smoke', 'tests', 'throughput', 'members',
+                          'accuracy']
   assert sum(limits.values()) <= 8 * 60
   refused = run_check('--stages=smoke,fast')
   assert refused.returncode == 2 and 'unknown stages: fast' in refused.stderr
 
 
-def test_tiny_throughput_stage_writes_figures_with_their_command(tmp_path):
+def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   out = tmp_path / 'check.json'
   # A generous time scale: this CPU may be shared with other jobs.
-  result = run_check('--tiny', '--stages=throughput', '--time-scale=10',
+  result = run_check('--tiny', '--stages=throughput,members', '--time-scale=10',
                      f'--out={out}')
   assert result.returncode == 0, result.stdout + result.stderr
   report = json.loads(out.read_text())
@@ -40,3 +41,7 @@ def test_tiny_throughput_stage_writes_figures_with_their_command(tmp_path):
   (row,) = stage['figures']['rows']
   assert row['model'] == 'resnet8' and row['batch'] == 16
   assert row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
+  stage = report['stages']['members']
+  assert stage['ok'] and 'members.py' in stage['commands']['members']
+  assert [row['members'] for row in stage['figures']['rows']] == [1, 2]
+  assert all(row['images_per_sec'] > 0 for row in stage['figures']['rows'])

@@ -1,0 +1,76 @@
+"""Several members in one jitted step: total train images/s against N.
+
+Times resnet_jax.train.make_train_fn (the product's step, vmapped over
+train.num_seeds members) on synthetic 32x32 data held on the device, for
+each member count N: total images/s (N x batch / step time) and the step
+time relative to one member. On an accelerator that is underused by one
+ResNet-20 at batch 128 the step time should grow far slower than N (goal on
+a GPU: 8 members in at most 2x the time of one); on a CPU, whose cores one
+member already fills, expect about N x.
+
+  python bench/members.py                                  # N = 1, 2, 4, 8
+  python bench/members.py --members 1,2,4,8,16,32 --steps 50   # a GPU
+  python bench/members.py --members 1,2 --steps 2 --warmup 1   # a smoke test
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_throughput import DEPTH, bench_jax  # pylint: disable=wrong-import-position
+
+
+def cpu_model() -> str:
+  """The CPU's model name (figures depend on it: AVX-512 or not)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--members', default='1,2,4,8',
+                 help='comma-separated member counts (train.num_seeds)')
+  p.add_argument('--model', default='resnet20', choices=sorted(DEPTH))
+  p.add_argument('--batch-size', type=int, default=128)
+  p.add_argument('--dtype', default='float32')
+  p.add_argument('--steps', type=int, default=10, help='timed steps')
+  p.add_argument('--warmup', type=int, default=2, help='untimed steps')
+  p.add_argument('--json', metavar='FILE', help='also write the rows here')
+  args = p.parse_args()
+  import jax
+  device = jax.devices()[0]
+  where = (device.device_kind if device.platform != 'cpu'
+           else f'{cpu_model()}, {os.cpu_count()} cores')
+  print(f'# jax {jax.__version__} on {where}; {args.model}, batch '
+        f'{args.batch_size} per member, {args.dtype}; command: '
+        f'{" ".join(sys.argv)}')
+  print('| members | total img/s | step ms | step time vs 1 member '
+        '| compile s |')
+  print('|---|---|---|---|---|')
+  rows, one_step = [], None
+  for count in map(int, args.members.split(',')):
+    rate, compile_s = bench_jax(DEPTH[args.model], args.batch_size, args.dtype,
+                                args.steps, args.warmup, num_seeds=count)
+    step_ms = 1000 * count * args.batch_size / rate
+    one_step = one_step or (step_ms if count == 1 else None)
+    relative = f'{step_ms / one_step:.2f}x' if one_step else '-'
+    print(f'| {count} | {rate:,.0f} | {step_ms:.1f} | {relative} | '
+          f'{compile_s:.1f} |', flush=True)
+    rows.append({'members': count, 'images_per_sec': rate, 'step_ms': step_ms,
+                 'compile_s': compile_s})
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'command': ' '.join(sys.argv), 'device': where,
+                 'jax': jax.__version__, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
