@@ -19,6 +19,9 @@ from resnet_jax import data, evaluate, predict, train
 from resnet_jax.errors import CheckpointError
 
 PRETRAINED = os.path.join(REPO, 'pretrained')
+# train keys newer than the shipped runs, at the values a single run has.
+NEW_KEY_DEFAULTS = {'num_seeds': 1, 'sweep_learning_rates': [],
+                    'sweep_weight_decays': [], 'shard_members': False}
 RUNS = sorted(d for d in os.listdir(PRETRAINED)
               if os.path.isdir(os.path.join(PRETRAINED, d)))
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
@@ -120,4 +123,9 @@ def test_fast_configs_share_one_recipe_and_match_the_shipped_run():
                            .replace('cnn_', 'cnn20_'), 'config.json')
     if os.path.exists(shipped):
       with open(shipped) as f:
-        assert json.load(f)['train'] == json.loads(json.dumps(config['train']))
+        trained = json.load(f)['train']
+      recipe = json.loads(json.dumps(config['train']))
+      # Keys added since (members) must hold their single-run defaults.
+      assert {k: trained.get(k, v) for k, v in recipe.items()} == recipe
+      assert {k: recipe[k] for k in recipe.keys() - trained.keys()} == {
+          k: v for k, v in NEW_KEY_DEFAULTS.items() if k in recipe}
