@@ -5,48 +5,24 @@ deviation over members, each member's figures and the ensemble's (the
 members' averaged probabilities); the confusion matrix is the ensemble's.
 
 Besides the metrics, prints per-class accuracy and writes it, with a
-confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/ (see predict.py).
+confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/. The inference pieces
+it shares with --mode=samples and --mode=predict (restoring a checkpoint,
+predicting a split, the confusion matrix) live in predict.py, so the
+dependency runs one way: evaluate imports predict, never the reverse.
 """
-import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-import optax
 
-from resnet_jax import checkpoint, data, predict, train
+from resnet_jax import data, predict, train
 from resnet_jax import config as config_lib
 from resnet_jax.errors import DataError
-
-
-def restore_for_inference(config, workdir: str, which: str, mesh):
-  """Returns (state, step, meta) for `which` checkpoint; nothing is written.
-
-  Only params and batch statistics are read, so the optimizer settings of
-  the config need not match those of the run that wrote the checkpoint. The
-  state holds every member on a leading axis, the members are in
-  meta['members'] (one for a checkpoint written before runs had members).
-  """
-  manager = checkpoint.create_manager(workdir, read_only=True)
-  step = checkpoint.select_step(manager, which)
-  meta = checkpoint.restore_meta(manager, step, config)
-  variables = checkpoint.restore_variables(manager, step,
-                                           NamedSharding(mesh, P()))
-  if 'members' not in meta:  # Written before members: add their axis.
-    variables = jax.tree.map(lambda x: x[None], variables)
-    meta = {**meta, 'members': checkpoint.members(meta)}
-  model = train.create_model(config)
-  state = train.TrainState.create(apply_fn=model.apply,
-                                  params=variables['params'],
-                                  batch_stats=variables['batch_stats'],
-                                  tx=optax.identity())
-  manager.close()
-  return state, step, meta
 
 
 def evaluate(config, workdir: str, which: str = 'best',
              split: str = 'test') -> dict:
   config_lib.validate(config)
   mesh = train.create_mesh()
-  state, step, meta = restore_for_inference(config, workdir, which, mesh)
+  state, step, meta = predict.restore_for_inference(config, workdir, which,
+                                                   mesh)
   examples = predict.load_split(config, split)
   names = list(data.class_names(config))
   if names != meta['class_names']:

@@ -4,8 +4,10 @@
   prediction side by side, and a labelled image grid PNG.
 - `--mode=predict`: top-5 classes of image files, decoded as the folder data
   source decodes them.
-- `--mode=evaluate` (see evaluate.py): the confusion matrix and per-class
-  accuracy, from `predict_split`.
+- `--mode=evaluate` (see evaluate.py) uses this module's shared inference
+  pieces: `restore_for_inference`, `load_split`, `predict_split` /
+  `predict_streamed` and the confusion matrix and per-class accuracy. This
+  module never imports evaluate.py (no import cycle).
 
 Images are normalized with the statistics stored in the checkpoint and named
 with its class names, so nothing depends on the training data being present.
@@ -21,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
 
-from resnet_jax import data, evaluate, train
+from resnet_jax import checkpoint, data, train
 from resnet_jax import config as config_lib
 from resnet_jax.data import folder, stream
 from resnet_jax.errors import ConfigError, DataError, require
@@ -31,6 +34,31 @@ TOP_K = 5
 DPI = 100
 # Samples grid: inches per tile.
 TILE_WIDTH, TILE_HEIGHT = 1.8, 2.0
+
+
+def restore_for_inference(config, workdir: str, which: str, mesh):
+  """Returns (state, step, meta) for `which` checkpoint; nothing is written.
+
+  Only params and batch statistics are read, so the optimizer settings of
+  the config need not match those of the run that wrote the checkpoint. The
+  state holds every member on a leading axis, the members are in
+  meta['members'] (one for a checkpoint written before runs had members).
+  """
+  manager = checkpoint.create_manager(workdir, read_only=True)
+  step = checkpoint.select_step(manager, which)
+  meta = checkpoint.restore_meta(manager, step, config)
+  variables = checkpoint.restore_variables(manager, step,
+                                           NamedSharding(mesh, P()))
+  if 'members' not in meta:  # Written before members: add their axis.
+    variables = jax.tree.map(lambda x: x[None], variables)
+    meta = {**meta, 'members': checkpoint.members(meta)}
+  model = train.create_model(config)
+  state = train.TrainState.create(apply_fn=model.apply,
+                                  params=variables['params'],
+                                  batch_stats=variables['batch_stats'],
+                                  tx=optax.identity())
+  manager.close()
+  return state, step, meta
 
 
 def ensemble_sums(logits, batch):
@@ -143,8 +171,7 @@ def predict_streamed(state, split: stream.StreamedSplit, normalization,
 def _restore(config, workdir, which, member=None):
   config_lib.validate(config)
   mesh = train.create_mesh()
-  state, step, meta = evaluate.restore_for_inference(config, workdir, which,
-                                                     mesh)
+  state, step, meta = restore_for_inference(config, workdir, which, mesh)
   if member is not None:
     state, meta = select_member(state, meta, member)
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])

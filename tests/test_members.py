@@ -111,8 +111,8 @@ def test_evaluate_reports_members_their_mean_and_the_ensemble(sweep_workdir):
           for m in report['members']] == [
               (0, 0.05, 5e-4), (1, 0.05, 5e-4), (0, 0.2, 5e-4), (1, 0.2, 5e-4)]
   mesh = train.create_mesh()
-  state, _, meta = evaluate.restore_for_inference(config, str(sweep_workdir),
-                                                  'latest', mesh)
+  state, _, meta = predict.restore_for_inference(config, str(sweep_workdir),
+                                                 'latest', mesh)
   split = predict.load_split(config, 'val')
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   probabilities = []

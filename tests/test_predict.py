@@ -88,7 +88,7 @@ def test_predict_gives_sorted_top5_as_the_pipeline_decodes(
     assert 0 < sum(probabilities) <= 1 + 1e-6
     assert all(t['class'] == f'class_{t["label"]}' for t in r['top'])
   # A PNG of a validation image predicts as that image does in the split.
-  state, _, meta = evaluate.restore_for_inference(
+  state, _, meta = predict.restore_for_inference(
       config, str(workdir), 'latest', train.create_mesh())
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   _, probabilities, _ = predict.predict_split(

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA, REPO, run_cli
-from resnet_jax import data, evaluate, predict, train
+from resnet_jax import data, predict, train
 from resnet_jax.errors import CheckpointError
 
 PRETRAINED = os.path.join(REPO, 'pretrained')
@@ -54,7 +54,7 @@ def test_every_shipped_run_has_a_threshold():
 @pytest.mark.parametrize('run', RUNS)
 def test_restores_with_its_architecture_and_refuses_another(run):
   config = load_config(run)
-  state, _, meta = evaluate.restore_for_inference(
+  state, _, meta = predict.restore_for_inference(
       config, os.path.join(PRETRAINED, run), 'best', train.create_mesh())
   assert meta['class_names'] == CIFAR10_CLASSES
   model = train.create_model(config)
@@ -67,8 +67,8 @@ def test_restores_with_its_architecture_and_refuses_another(run):
           == jax.tree.map(lambda x: (1, *np.shape(x)), expected))
   config.model.shortcut = 'zeropad' if config.model.shortcut == 'conv' else 'conv'
   with pytest.raises(CheckpointError, match='another architecture'):
-    evaluate.restore_for_inference(config, os.path.join(PRETRAINED, run),
-                                   'best', train.create_mesh())
+    predict.restore_for_inference(config, os.path.join(PRETRAINED, run),
+                                  'best', train.create_mesh())
 
 
 @pytest.mark.parametrize('run', RUNS)
@@ -77,7 +77,7 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
   config = load_config(run)
   folder = os.path.join(PRETRAINED, run)
   mesh = train.create_mesh()
-  state, _, meta = evaluate.restore_for_inference(config, folder, 'best', mesh)
+  state, _, meta = predict.restore_for_inference(config, folder, 'best', mesh)
   val = data.load_splits(config, ('val',))['val']
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   metrics, probabilities, predictions = predict.predict_split(

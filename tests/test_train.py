@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, cli_args, run_cli
-from resnet_jax import checkpoint, evaluate, optim, reporting, train
+from resnet_jax import checkpoint, evaluate, optim, predict, reporting, train
 
 
 def restore_params(workdir, which='latest'):
@@ -71,8 +71,8 @@ def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
   single = evaluate.evaluate(tiny_config(), str(tmp_path), 'latest', 'val')
   assert single['loss'] != pytest.approx(evaluated['loss'], rel=1e-5)
   mesh = train.create_mesh()
-  state = evaluate.restore_for_inference(config, str(tmp_path), 'latest',
-                                         mesh)[0]
+  state = predict.restore_for_inference(config, str(tmp_path), 'latest',
+                                        mesh)[0]
   # eval_step is one member's: the run's only member.
   state = state.replace(
       params=jax.tree.map(lambda x: x[0], state.params),

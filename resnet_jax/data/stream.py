@@ -12,7 +12,7 @@ Why grain: it is Google's maintained loader for JAX, needs no TensorFlow,
 and its MapDataset keeps random access through map and batch, so batch b can
 be built from b alone. Why threads, not grain's worker processes
 (mp_prefetch): Pillow releases the GIL while decoding and resizing, so
-threads already use every core. On the 2-core machine of the README,
+threads already use every core. On the 2-core machine of docs/data.md,
 processes were about 10% faster on 256x256 JPEG and no faster on 32x32,
 while they start by re-importing JAX (spawn), need absl flags parsed, copy
 the readers into every worker (a memmap would be copied whole) and compete
