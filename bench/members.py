@@ -15,23 +15,11 @@ member already fills, expect about N x.
 import argparse
 import json
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_speed import cpu_model  # pylint: disable=wrong-import-position
 from gpu_throughput import DEPTH, bench_jax  # pylint: disable=wrong-import-position
-
-
-def cpu_model() -> str:
-  """The CPU's model name (figures depend on it: AVX-512 or not)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown CPU'
 
 
 def main():
