@@ -139,8 +139,9 @@ def smoke(args, s, scratch, deadline):
 
 
 def tests(args, s, scratch, deadline):
-  command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-             *TESTS]
+  # -n 0: one process; xdist's workers would each preallocate GPU memory.
+  command = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
+             'no:cacheprovider', *TESTS]
   out = run(command, deadline, check=False)
   return {'summary': out.strip().splitlines()[-1] if out.strip() else ''}, {
       'tests': shlex.join(command)}

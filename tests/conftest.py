@@ -1,8 +1,10 @@
 """Shared fixtures: tiny configs and generated CIFAR-10 binary folders."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,33 @@ from resnet_jax import config as config_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
                          'cifar-10-batches-bin')
+# JAX's persistent compilation cache, one fresh folder per test run: the tests
+# compile the same tiny programs over and over, in this process, in xdist's
+# workers and in the command-line subprocesses (all inherit the environment),
+# and compiling is most of the suite's CPU time. Never reused across runs, so
+# a stale or foreign entry cannot hide a bug.
+CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+             'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+def pytest_configure(config):
+  del config
+  if not os.environ.get('PYTEST_XDIST_WORKER'):  # The controller, or no xdist.
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+        prefix='resnet_jax_test_jit_cache_')
+    os.environ.update(CACHE_ENV)
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update('jax_compilation_cache_dir',
+                    os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_unconfigure(config):
+  del config
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    shutil.rmtree(os.environ.pop('JAX_COMPILATION_CACHE_DIR', ''),
+                  ignore_errors=True)
 
 
 def tiny_config(**overrides):
