@@ -19,8 +19,8 @@ REAL_DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
 # workers and in the command-line subprocesses (all inherit the environment),
 # and compiling is most of the suite's CPU time. Never reused across runs, so
 # a stale or foreign entry cannot hide a bug.
-CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-             'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+CACHE_SETTINGS = {'jax_persistent_cache_min_compile_time_secs': 0,
+                  'jax_persistent_cache_min_entry_size_bytes': 0}
 
 
 def pytest_configure(config):
@@ -28,12 +28,12 @@ def pytest_configure(config):
   if not os.environ.get('PYTEST_XDIST_WORKER'):  # The controller, or no xdist.
     os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
         prefix='resnet_jax_test_jit_cache_')
-    os.environ.update(CACHE_ENV)
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update('jax_compilation_cache_dir',
-                    os.environ['JAX_COMPILATION_CACHE_DIR'])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  settings = {'jax_compilation_cache_dir': os.environ['JAX_COMPILATION_CACHE_DIR'],
+              **CACHE_SETTINGS}
+  for name, value in settings.items():  # This process, then its children.
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
 
 
 def pytest_unconfigure(config):
