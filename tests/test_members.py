@@ -15,8 +15,14 @@ SHORT = {'train.steps': 6, 'train.eval_every': 6}
 # this tiny net one ReLU flips at step 3 (both losses agree to 1e-7 before;
 # after, 1e-3 apart in the momentum). XLA's path keeps them within 1e-7.
 EXACT = {'model.conv_impl': 'xla'}
+# Three steps without warmup: a member and its single run sum in different
+# orders (a vmapped convolution is a grouped one) and agree to ~5e-7 here on
+# both jax ends; by step 6 (with 2 warmup steps, by step 3) a ReLU of this
+# tiny net flips and they drift 1e-4..1e-3 apart, so longer runs test the
+# net's chaos, not the members.
+EQUAL = {'train.steps': 3, 'train.eval_every': 3, 'train.warmup_steps': 0}
 # Four members: learning rates (0.05, 0.2) x seeds (0, 1), seeds innermost.
-SWEEP = {**SHORT, **EXACT, 'train.num_seeds': 2,
+SWEEP = {**EQUAL, **EXACT, 'train.num_seeds': 2,
          'train.sweep_learning_rates': (0.05, 0.2)}
 
 
@@ -34,16 +40,16 @@ def sweep_workdir(tmp_path_factory):
 def test_each_member_is_the_single_run_of_its_seed_and_rate(sweep_workdir,
                                                             tmp_path):
   step, swept = restore_params(str(sweep_workdir))
-  assert step == 6
+  assert step == 3
   assert jax.tree.leaves(swept)[0].shape[0] == 4
   for k, overrides in ((0, {'seed': 0, 'train.learning_rate': 0.05}),
                        (3, {'seed': 1, 'train.learning_rate': 0.2})):
     single = str(tmp_path / str(k))
-    train.train_and_evaluate(tiny_config(**SHORT, **EXACT, **overrides),
+    train.train_and_evaluate(tiny_config(**EQUAL, **EXACT, **overrides),
                              single)
     _, alone = restore_params(single)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(
-        x, y, rtol=1e-4, atol=1e-5), member(swept, k), member(alone, 0))
+        x, y, rtol=1e-5, atol=2e-6), member(swept, k), member(alone, 0))
   # The members differ: their seeds and rates did something.
   assert not np.allclose(swept['params']['Dense_0']['kernel'][0],
                          swept['params']['Dense_0']['kernel'][1])
@@ -51,7 +57,7 @@ def test_each_member_is_the_single_run_of_its_seed_and_rate(sweep_workdir,
                          swept['params']['Dense_0']['kernel'][2])
   # Each member's hyperparameters are in the checkpoint's record.
   manager = checkpoint.create_manager(str(sweep_workdir), read_only=True)
-  meta = checkpoint.restore_meta(manager, 6, tiny_config(**SWEEP))
+  meta = checkpoint.restore_meta(manager, 3, tiny_config(**SWEEP))
   assert [(m['seed'], m['learning_rate']) for m in meta['members']] == [
       (0, 0.05), (1, 0.05), (0, 0.2), (1, 0.2)]
 
