@@ -58,6 +58,7 @@ def swept(tmp_path_factory):
   return root, result
 
 
+@pytest.mark.slow
 def test_sweep_trains_both_families_then_compares(swept):
   root, result = swept
   for name in WORKDIRS:
@@ -78,6 +79,7 @@ def test_sweep_trains_both_families_then_compares(swept):
     assert np.asarray(image.convert('L')).std() > 10  # Not a blank canvas.
 
 
+@pytest.mark.slow
 def test_table_figures_are_the_runs_figures(swept):
   root, _ = swept
   rows = read_table((root / 'depth_sweep.md').read_text())
@@ -101,6 +103,7 @@ def test_table_figures_are_the_runs_figures(swept):
     assert row['images/s'] == f'{np.median(rates):.0f}'
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_is_counted_from_its_config(swept, tmp_path):
   """No report.md yet: parameters from config.json, steps 'N of M'."""
   root, _ = swept
@@ -117,6 +120,7 @@ def test_a_run_in_progress_is_counted_from_its_config(swept, tmp_path):
   assert row['steps'] == '1 of 2' and row['wall time'] == 'n/a'
 
 
+@pytest.mark.slow
 def test_second_sweep_skips_complete_runs(swept):
   root, _ = swept
   before = {name: snapshot(root / name) for name in WORKDIRS}
@@ -198,6 +202,7 @@ def test_sweep_help():
   assert result.stdout.startswith('usage: depth_sweep.sh --root=DIR')
 
 
+@pytest.mark.slow
 def test_compare_groups_and_labels(swept, tmp_path, capsys):
   root, _ = swept
   dirs = [str(root / name) for name in WORKDIRS]
@@ -220,6 +225,7 @@ def test_compare_groups_and_labels(swept, tmp_path, capsys):
     ('run', ('--labels=a,b',), '--labels has 2 names for 1 runs'),
     ('run', ('--group=depth',), "invalid choice: 'depth'"),
 ])
+@pytest.mark.slow
 def test_compare_bad_input_is_one_line_error(swept, tmp_path, capsys, make,
                                              args, message):
   dirs = {None: [], 'empty': [str(tmp_path)],

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 CHECK = os.path.join(REPO, 'bench', 'gpu_check.py')
@@ -28,6 +30,7 @@ def test_dry_run_lists_every_stage_within_eight_minutes():
   assert refused.returncode == 2 and 'unknown stages: fast' in refused.stderr
 
 
+@pytest.mark.slow
 def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   out = tmp_path / 'check.json'
   # A generous time scale: this CPU may be shared with other jobs.

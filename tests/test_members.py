@@ -62,6 +62,7 @@ def test_each_member_is_the_single_run_of_its_seed_and_rate(sweep_workdir,
       (0, 0.05), (1, 0.05), (0, 0.2), (1, 0.2)]
 
 
+@pytest.mark.slow
 def test_multi_member_resume_matches_an_uninterrupted_run(tmp_path):
   config = tiny_config(**{'train.num_seeds': 2})
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
@@ -174,6 +175,7 @@ def test_samples_use_the_ensemble_or_one_member(sweep_workdir):
     predict.samples(config, str(sweep_workdir), 'latest', 'val', 4, member=4)
 
 
+@pytest.mark.slow
 def test_members_sharded_over_four_devices_match_one_device(tmp_path):
   """train.shard_members: a 2-D mesh, each device trains whole members."""
   config = tiny_config(**SHORT, **{'train.num_seeds': 4})

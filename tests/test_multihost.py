@@ -4,6 +4,7 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import REPO, cli_args, run_cli, tiny_config
 from test_train import restore_params
@@ -42,6 +43,7 @@ def assert_matches_one_process(config, tmp_path, multi, steps):
                                                        atol=1e-5), a, b)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume(tmp_path):
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 3})
   # Interrupted at step 3, then resumed by both processes.
@@ -54,6 +56,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   assert len(lines) == len(set(lines))
 
 
+@pytest.mark.slow
 def test_two_processes_streaming_match_one_process_in_memory(tmp_path):
   """Streamed, each process reads only its half of every batch; the global
   batch is the one a single in-memory process samples."""

@@ -35,6 +35,7 @@ def data_dir(tmp_path):
   return folder
 
 
+@pytest.mark.slow
 def test_trains_and_evaluates_without_optional_packages(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   trained = run_without_optional(data_dir, workdir)

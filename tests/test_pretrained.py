@@ -71,6 +71,7 @@ def test_restores_with_its_architecture_and_refuses_another(run):
                                   'best', train.create_mesh())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('run', RUNS)
 def test_accuracy_and_command_line_prediction(run, tmp_path):
   require_real_data()

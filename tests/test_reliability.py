@@ -39,6 +39,7 @@ def wait_for_record(workdir, predicate, proc, timeout=120):
   raise TimeoutError(f'no matching record in {path}')
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_equals_uninterrupted(tmp_path):
   config = tiny_config(**{'train.steps': 24, 'train.eval_every': 2,
                           'train.log_every': 1})

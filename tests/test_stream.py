@@ -82,6 +82,7 @@ def test_loader_started_at_a_step_gives_that_steps_batch(numbered_cifar):
   assert not np.array_equal(ids(batches[0]), ids(batches[6]))  # New epoch.
 
 
+@pytest.mark.slow
 def test_streamed_folder_trains_resumes_and_matches_in_memory(tmp_path):
   root = make_folder(tmp_path / 'images', {'train': {'a': 30, 'b': 30}})
   overrides = {'train.steps': 8, 'train.eval_every': 4,

@@ -108,6 +108,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
   assert steps == sorted(set(steps)) and steps[-1] == 12
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
   """Same global batch on 4 CPU devices: BN statistics over the whole batch."""
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 6})
