@@ -1,13 +1,21 @@
-"""Orbax checkpoints in WORKDIR/checkpoints: the latest, the best by validation
-accuracy and the best by validation loss (the members' means), each with a
-JSON record of the architecture, normalization, class names and members
-(seed, learning rate, weight decay, frozen) it was trained with.
+"""Orbax checkpoints in WORKDIR/checkpoints, each with a JSON record of the
+architecture, normalization, class names and members (seed, learning rate,
+weight decay, frozen) it was trained with.
+
+What the folder keeps: after any save has completed, it holds the latest
+step, a step with the best mean validation accuracy and one with the lowest
+mean validation loss among every evaluated save ever made in that workdir,
+by any process, unless a newer save beat them (tests/test_retention.py). A
+save that fails or is killed leaves every earlier checkpoint readable, and
+the run ends with one error line (SaveError). An unreadable step found on
+resume is moved to WORKDIR/corrupt_checkpoints/, never deleted.
 
 The train state holds every member, stacked on a leading axis. Checkpoints
 written before runs had members (no 'members' in the record, no member
 axis) restore as a run of one member, for inference or to resume.
 """
 import os
+import sys
 import time
 
 import jax
@@ -97,9 +105,42 @@ def architecture(config) -> dict:
   return {k: config_lib.lookup(config, k) for k in config_lib.ARCHITECTURE_KEYS}
 
 
+class SaveError(CheckpointError):
+  """A save failed (disk full, no permission, a file size limit)."""
+
+
 def save(manager, step: int, state, meta: dict, metrics=None):
-  manager.save(step, metrics=metrics, args=ocp.args.Composite(
-      state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
+  """Starts saving `step` (Orbax finishes it in the background).
+
+  Orbax writes into a temporary folder and renames it when complete, so a
+  failed or killed save never replaces or removes an earlier checkpoint: old
+  ones are deleted only after a newer one is committed.
+  """
+  try:
+    manager.save(step, metrics=metrics, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)))
+  except Exception as e:  # Also an earlier background save's failure.
+    raise _save_failed(manager, e) from None
+
+
+def wait_until_saved(manager):
+  """Blocks until every started save is committed; SaveError if one failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _save_failed(manager, e) from None
+
+
+def _save_failed(manager, error) -> SaveError:
+  first_line = (str(error).splitlines() or [''])[0]
+  if len(first_line) > 240:  # The cause (e.g. 'File too large') ends it.
+    first_line = '...' + first_line[-200:]
+  directory = str(manager.directory)  # What is on disk, not in the manager.
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  return SaveError(
+      f'saving a checkpoint in {manager.directory} failed: '
+      f'{type(error).__name__}: {first_line}; the checkpoints saved before '
+      f'are intact (steps: {steps or "none"})')
 
 
 def select_step(manager, which: str) -> int:
@@ -191,6 +232,20 @@ def _state_metadata(manager, step: int):
   if not saved:  # Orbax returns None when the metadata file is gone.
     raise _corrupt(manager, step, FileNotFoundError('no state metadata'))
   return saved
+
+
+def newest_intact(manager, workdir: str, restore):
+  """(step, restore(manager, step)) of the newest checkpoint that reads, or
+  None. An unreadable one (a kill during a save, a truncated file) is moved
+  to WORKDIR/corrupt_checkpoints/ with a warning, never deleted."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore(manager, step)
+    except CorruptCheckpointError as e:
+      moved = quarantine(manager, step, workdir)
+      print(f'warning: skipping checkpoint {step} ({e}); moved it to {moved}',
+            file=sys.stderr)
+  return None
 
 
 def quarantine(manager, step: int, workdir: str) -> str:

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import evaluate, predict, reporting, train
+from resnet_jax import checkpoint, evaluate, predict, reporting, train
 from resnet_jax.errors import UserError
 
 MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
@@ -107,6 +107,10 @@ def main(argv):
     _exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
   initialize_distributed()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
+  # A failed save is reported as one error line (checkpoint.SaveError); its
+  # ERROR logs from background threads, tracebacks included, would repeat it.
+  logging.get_absl_logger().addFilter(
+      lambda record: '/orbax/' not in record.pathname)
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step,
@@ -124,6 +128,13 @@ def main(argv):
       result = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
                                  FLAGS.split)
       print(json.dumps(result))
+  except checkpoint.SaveError as e:
+    print(f'error: {e}', file=sys.stderr)
+    # Exit now: at interpreter exit the failed write's leftover callbacks
+    # print tracebacks into closed event loops. The logs are closed already.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
     _exit_with(str(e))
   except train.Interrupted as e:

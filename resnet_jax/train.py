@@ -315,32 +315,31 @@ def restore_or_init(manager, config, state, workdir):
   """(state, step, meta) of the newest intact checkpoint, else (state, 0,
   None).
 
-  An unreadable checkpoint (a kill during a save, a truncated file) is moved
-  to WORKDIR/corrupt_checkpoints/ with a warning, never deleted. A readable
-  one written for another architecture, optimizer or number of members is an
-  error; one written before runs had members resumes as a run of one.
+  Unreadable checkpoints are moved aside (checkpoint.newest_intact). A
+  readable one written for another architecture, optimizer or number of
+  members is an error; one written before runs had members resumes as a run
+  of one.
   """
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      meta = checkpoint.restore_meta(manager, step, config)
-      checkpoint.check_members(meta, config, manager.directory, step)
-      restored = (checkpoint.restore_state(manager, step, state)
-                  if 'members' in meta else
-                  restore_single_model(manager, step, state))
-    except checkpoint.CorruptCheckpointError as e:
-      moved = checkpoint.quarantine(manager, step, workdir)
-      print(f'warning: skipping checkpoint {step} ({e}); moved it to {moved}',
-            file=sys.stderr)
-      continue
-    if jax.process_index() == 0:
-      print(f'Resuming from step {step} in {manager.directory}')
-    # The config's learning rates and weight decays apply from here on.
-    hyperparams = state.opt_state.hyperparams
-    state = restored.replace(opt_state=optim.with_hyperparams(
-        restored.opt_state, hyperparams['learning_rate'],
-        hyperparams['weight_decay']))
-    return state, step, meta
-  return state, 0, None
+  def restore(manager, step):
+    meta = checkpoint.restore_meta(manager, step, config)
+    checkpoint.check_members(meta, config, manager.directory, step)
+    restored = (checkpoint.restore_state(manager, step, state)
+                if 'members' in meta else
+                restore_single_model(manager, step, state))
+    return restored, meta
+
+  found = checkpoint.newest_intact(manager, workdir, restore)
+  if found is None:
+    return state, 0, None
+  step, (restored, meta) = found
+  if jax.process_index() == 0:
+    print(f'Resuming from step {step} in {manager.directory}')
+  # The config's learning rates and weight decays apply from here on.
+  hyperparams = state.opt_state.hyperparams
+  state = restored.replace(opt_state=optim.with_hyperparams(
+      restored.opt_state, hyperparams['learning_rate'],
+      hyperparams['weight_decay']))
+  return state, step, meta
 
 
 def restore_single_model(manager, step: int, state):
@@ -670,7 +669,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
     log.close()
     if streamed:
       train_inputs.close()
-    manager.wait_until_finished()
+    checkpoint.wait_until_saved(manager)
     manager.close()
   summary = {'step': end, 'val_accuracy': val.get('accuracy'),
              'val_loss': val.get('loss'), 'images_per_sec': log.images_per_sec,
