@@ -1,0 +1,147 @@
+"""The train and eval steps a GPU run would build, lowered for CUDA here.
+
+    python bench/cuda_lowering.py [--json]
+
+No GPU needed: jax.export lowers a jitted function for a platform it does
+not run on. Each case builds the steps as train.py does on a GPU backend
+(`model.conv_impl=auto` resolves there to XLA's convolutions, no CPU-only
+compiler options), on 8 fake CPU devices for the mesh, and reports what the
+StableHLO holds: the custom calls (a CPU-only one or a host callback would
+fail or stall on a GPU), the number of convolutions, and the shardings of
+the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
+"""
+import os
+import re
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8')
+# pylint: disable=wrong-import-position
+import argparse
+import json
+import unittest.mock
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import config as config_lib
+from resnet_jax import train
+
+# Custom calls that only carry sharding annotations (no kernel).
+SHARDING_CALLS = {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}
+CASES = [  # (name, members, dtype, shard_members)
+    ('1 member, float32', 1, 'float32', False),
+    ('1 member, bfloat16', 1, 'bfloat16', False),
+    ('4 members, float32', 4, 'float32', False),
+    ('8 members sharded, bfloat16', 8, 'bfloat16', True),
+]
+
+
+def case_config(members: int, dtype: str, shard_members: bool):
+  c = config_lib.base_config()  # ResNet-20, 1x1-conv shortcuts, 32x32.
+  c.data.source = 'synthetic'
+  c.model.conv_impl = 'auto'
+  c.train.batch_size = 64
+  c.train.dtype = dtype
+  c.train.num_seeds = members
+  c.train.shard_members = shard_members
+  return c
+
+
+def structs(tree, sharding):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def arg_shardings(module_text: str) -> dict:
+  """{argument path: its sharding, e.g. '[{"members"}, {}]'} of @main."""
+  signature = module_text[module_text.index('func.func public @main('):]
+  signature = signature[:signature.index(') -> (')]
+  out = {}
+  for attrs, path in re.findall(r'%arg\d+: tensor<[^>]*> \{(.*?)\} loc\("([^"]*)"\)',
+                                signature):
+    found = re.search(r'sdy\.sharding<@\w+, (\[.*?\])>', attrs)
+    out[path] = found.group(1) if found else 'replicated'
+  return out
+
+
+def report(module_text: str, exported) -> dict:
+  calls = re.findall(r'stablehlo\.custom_call @([\w.]+)', module_text)
+  calls += re.findall(r'call_target_name = "([\w.]+)"', module_text)
+  return {
+      'platforms': list(exported.platforms),
+      'kernel_calls': sorted(set(calls) - SHARDING_CALLS),
+      'convolutions': len(re.findall(r'stablehlo\.convolution', module_text)),
+      'convolution_types': sorted(set(re.findall(
+          r'stablehlo\.convolution[^\n]*-> tensor<[^>]*x(\w+)>', module_text))),
+      'mesh': re.findall(r'sdy\.mesh @\w+ = (<[^>]*>)', module_text),
+      'arg_shardings': arg_shardings(module_text),
+      'constraints': sorted(set(re.findall(
+          r'sdy\.sharding_constraint %\w+ <@\w+, (\[.*?\])> : (tensor<[^>]*>)',
+          module_text))),
+  }
+
+
+def lower_case(members, dtype, shard_members, platform='cuda'):
+  config = case_config(members, dtype, shard_members)
+  # What train.py builds when jax.default_backend() is 'gpu'.
+  with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
+    mesh = train.create_mesh(shard_members)
+    model = train.create_model(config)
+    state = jax.eval_shape(lambda: train.create_train_state(config, model,
+                                                             mesh))
+    train_fn = train.make_train_fn(config, mesh, ((0.5,) * 3, (0.25,) * 3))
+    eval_fn = train.make_eval_fn(((0.5,) * 3, (0.25,) * 3), flip=True)
+  state = structs(state, train.member_sharding(mesh))
+  images = jax.ShapeDtypeStruct((1024, 32, 32, 3), jnp.uint8,
+                                sharding=NamedSharding(mesh, P()))
+  labels = jax.ShapeDtypeStruct((1024,), jnp.int32,
+                                sharding=NamedSharding(mesh, P()))
+  active = jax.ShapeDtypeStruct((members,), jnp.bool_,
+                                sharding=NamedSharding(mesh, P()))
+  chunk = NamedSharding(mesh, P(None, 'data'))
+  eval_data = {'image': jax.ShapeDtypeStruct((2, 64, 32, 32, 3), jnp.uint8,
+                                             sharding=chunk),
+               'label': jax.ShapeDtypeStruct((2, 64), jnp.int32,
+                                             sharding=chunk),
+               'mask': jax.ShapeDtypeStruct((2, 64), jnp.bool_,
+                                            sharding=chunk)}
+  out = {}
+  for name, fn, args in (
+      ('train_step', train_fn, (state, {'image': images, 'label': labels},
+                                active)),
+      ('eval_step', eval_fn, (state, eval_data))):
+    exported = jax.export.export(fn, platforms=[platform])(*args)
+    out[name] = report(exported.mlir_module(), exported)
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--json', action='store_true', help='one JSON object')
+  parser.add_argument('--platforms', default='cuda',
+                      help='comma-separated, each lowered on its own: cuda, '
+                      'rocm, tpu')
+  args = parser.parse_args()
+  results = {'jax': jax.__version__, 'devices': jax.device_count()}
+  for platform in args.platforms.split(','):
+    results[platform] = {name: lower_case(m, d, s, platform)
+                         for name, m, d, s in CASES}
+  if args.json:
+    print(json.dumps(results))
+    return
+  print(f'jax {results["jax"]}, {results["devices"]} fake CPU devices')
+  for platform in args.platforms.split(','):
+    for name, steps in results[platform].items():
+      for step, r in steps.items():
+        shardings = sorted(set(r['arg_shardings'].values()))
+        print(f'{platform} {name:28s} {step:10s} convolutions '
+              f'{r["convolutions"]:3d} {r["convolution_types"]}, kernel calls: '
+              f'{r["kernel_calls"] or "none"}, mesh {r["mesh"]},'
+              f'\n  input shardings {shardings}'
+              f'\n  constraints {r["constraints"]}')
+
+
+if __name__ == '__main__':
+  sys.exit(main())
