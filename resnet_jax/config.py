@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_examples = 1024  # Per split, for data.source=synthetic.
   c.data.synthetic_seed = 0
   c.data.name = 'cifar10'  # data.source=tfds: the TFDS dataset name.
-  c.data.download = True  # data.source=tfds: download and prepare if absent.
+  # tfds: download and prepare if absent; cifar10_binary without data.dir:
+  # download CIFAR-10 into ~/.cache/resnet_jax (data/download.py).
+  c.data.download = True
   c.data.skip_corrupt = False  # folder, tfds: skip (and list) unreadable images.
   c.data.decode_threads = 0  # folder, tfds: decoding threads; 0: one per core.
   c.data.max_in_memory_gb = 4.0  # Largest decoded split held in memory.

@@ -283,9 +283,8 @@ def test_the_commands_are_found():
   assert [argv[:2] for argv in readme[:2]] == [['python3', '-m'],
                                                ['.venv/bin/pip', 'install']]
   assert main_args(readme[2]) == [
-      '--config=configs/resnet_conv.py', '--workdir=runs/resnet20',
-      '--config.data.source=cifar10_binary',
-      '--config.data.dir=../shared/data/cifar10/cifar-10-batches-bin']
+      '--config=configs/resnet_conv_fast.py', '--workdir=runs/resnet20_fast',
+      '--config.data.source=cifar10_binary']
   for name in ('getting_started', 'data', 'training', 'evaluation',
                'gpus_and_clusters', 'results'):
     checked = [w for w, argv in COMMANDS

@@ -2,14 +2,15 @@
 
 Each record is 3,073 bytes: one label byte, then the 1,024 red, 1,024 green
 and 1,024 blue bytes of a 32x32 image, row-major. The record count comes from
-the file size, never from an assumed 10,000.
+the file size, never from an assumed 10,000. With no data.dir, the data is
+CIFAR-10 downloaded once into a cache folder (data/download.py).
 """
 import os
 import re
 
 import numpy as np
 
-from resnet_jax.data import folder
+from resnet_jax.data import download, folder
 from resnet_jax.errors import DataError
 
 # What data.dir must be, for the message when it is not.
@@ -20,23 +21,30 @@ DEFAULT_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                        'frog', 'horse', 'ship', 'truck')
 
 
-def _split_files(data_dir: str, split: str) -> list[str]:
+def data_dir(data_config) -> str:
+  """data.dir, or (when empty) the cached download."""
+  if data_config.dir:
+    return data_config.dir
+  return download.cifar10(bool(data_config.download))
+
+
+def _split_files(directory: str, split: str) -> list[str]:
   if split == 'test':
     names = ['test_batch.bin'] if os.path.isfile(
-        os.path.join(data_dir, 'test_batch.bin')) else []
+        os.path.join(directory, 'test_batch.bin')) else []
   else:
     batch_number = lambda n: int(re.fullmatch(r'data_batch_(\d+)\.bin', n)[1])
-    names = sorted((n for n in os.listdir(data_dir)
+    names = sorted((n for n in os.listdir(directory)
                     if re.fullmatch(r'data_batch_\d+\.bin', n)),
                    key=batch_number)
-  return [os.path.join(data_dir, n) for n in names]
+  return [os.path.join(directory, n) for n in names]
 
 
 def splits(data_config) -> tuple[str, ...]:
   """The splits whose files are present ('val' is carved from 'train')."""
-  folder.check_dir(data_config.dir, DIR_WANTED)
-  return tuple(s for s in ('train', 'test')
-               if _split_files(data_config.dir, s))
+  directory = data_dir(data_config)
+  folder.check_dir(directory, DIR_WANTED)
+  return tuple(s for s in ('train', 'test') if _split_files(directory, s))
 
 
 def read_file(path: str, num_classes: int = 10):
@@ -52,9 +60,10 @@ def open_records(data_config, split: str) -> list[tuple[str, np.ndarray]]:
 
   For streaming: records are read from disk only when indexed.
   """
-  folder.check_dir(data_config.dir, DIR_WANTED)
-  files = _split_files(data_config.dir, split)
-  _check_present(files, data_config.dir, split)
+  directory = data_dir(data_config)
+  folder.check_dir(directory, DIR_WANTED)
+  files = _split_files(directory, split)
+  _check_present(files, directory, split)
   return [(f, np.memmap(f, np.uint8, 'r', shape=(_check_size(f), RECORD_BYTES)))
           for f in files]
 
@@ -78,25 +87,26 @@ def _check_size(path: str) -> int:
   return size // RECORD_BYTES
 
 
-def _check_present(files, data_dir, split):
+def _check_present(files, directory, split):
   if not files:
     wanted = 'test_batch.bin' if split == 'test' else 'data_batch_*.bin'
-    raise DataError(f'split {split!r} asked for, but {data_dir} has '
+    raise DataError(f'split {split!r} asked for, but {directory} has '
                     f'no {wanted}')
 
 
 def load(data_config, split: str, num_classes: int):
   """Returns (images, labels) of 'train' (all data_batch_*.bin) or 'test'."""
-  folder.check_dir(data_config.dir, DIR_WANTED)
-  files = _split_files(data_config.dir, split)
-  _check_present(files, data_config.dir, split)
+  directory = data_dir(data_config)
+  folder.check_dir(directory, DIR_WANTED)
+  files = _split_files(directory, split)
+  _check_present(files, directory, split)
   parts = [read_file(f, num_classes) for f in files]
   return (np.concatenate([p[0] for p in parts]),
           np.concatenate([p[1] for p in parts]))
 
 
 def class_names(data_config) -> tuple[str, ...]:
-  meta = os.path.join(data_config.dir, 'batches.meta.txt')
+  meta = os.path.join(data_dir(data_config), 'batches.meta.txt')
   if os.path.isfile(meta):
     with open(meta) as f:
       names = tuple(line.strip() for line in f if line.strip())

@@ -1,0 +1,103 @@
+"""CIFAR-10's official binary archive, downloaded once into a cache folder.
+
+With data.source=cifar10_binary and no data.dir, the data comes from
+CACHE/cifar-10-batches-bin, CACHE being $RESNET_JAX_DATA or
+~/.cache/resnet_jax. On first use the archive is downloaded (with a progress
+bar), checked against its published MD5 and extracted into a temporary
+folder that is renamed into place only when complete: a kill or a failure
+at any point leaves no folder that passes for the dataset, and the next run
+starts over. $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 point it at
+another copy (a mirror; the tests' local server).
+"""
+import hashlib
+import http.client
+import os
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+
+from resnet_jax.errors import DataError
+
+URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
+MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'  # Published on the CIFAR page.
+FOLDER = 'cifar-10-batches-bin'  # The archive's top folder.
+TIMEOUT_S = 60  # Per network read, not for the whole download.
+
+
+def cache_dir() -> str:
+  return (os.environ.get('RESNET_JAX_DATA') or
+          os.path.join(os.path.expanduser('~'), '.cache', 'resnet_jax'))
+
+
+def cifar10(download: bool = True) -> str:
+  """The cached CIFAR-10 folder, downloaded and extracted if absent."""
+  cache = cache_dir()
+  target = os.path.join(cache, FOLDER)
+  if os.path.isdir(target):  # Only ever created whole, by a rename.
+    return target
+  url = os.environ.get('RESNET_JAX_CIFAR10_URL', URL)
+  if not download:
+    raise DataError(f'CIFAR-10 is not in {target} and data.download=False; '
+                    f'download {url} and pass --config.data.dir=<its '
+                    f'{FOLDER} folder>, or allow the download')
+  try:
+    os.makedirs(cache, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='.download-', dir=cache) as tmp:
+      archive = os.path.join(tmp, os.path.basename(url) or 'cifar10.tar.gz')
+      _fetch(url, archive)
+      _check_md5(archive, os.environ.get('RESNET_JAX_CIFAR10_MD5', MD5), url)
+      _extract(archive, tmp)
+      try:
+        os.rename(os.path.join(tmp, FOLDER), target)
+      except OSError:
+        if not os.path.isdir(target):  # Else another process was first.
+          raise
+  except OSError as e:  # A full disk, no permission.
+    raise DataError(f'could not store CIFAR-10 in {cache}: '
+                    f'{e.strerror or e}') from None
+  return target
+
+
+def _fetch(url: str, path: str):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  try:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, \
+        open(path, 'wb') as out:
+      size = int(response.headers.get('Content-Length') or 0) or None
+      with tqdm(total=size, unit='B', unit_scale=True, leave=False,
+                desc=f'downloading {url}') as bar:
+        while chunk := response.read(1 << 20):
+          out.write(chunk)
+          bar.update(len(chunk))
+      if size is not None and bar.n != size:
+        raise ConnectionError(f'the connection closed after {bar.n:,} of '
+                              f'{size:,} bytes')
+  except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
+          ConnectionError) as e:
+    reason = getattr(e, 'reason', None) or e
+    raise DataError(f'could not download CIFAR-10 from {url}: {reason} (no '
+                    f'network? download it elsewhere and pass '
+                    f'--config.data.dir=<its {FOLDER} folder>)') from None
+
+
+def _check_md5(path: str, expected: str, url: str):
+  digest = hashlib.md5()
+  with open(path, 'rb') as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  if digest.hexdigest() != expected:
+    raise DataError(f'{url}: MD5 {digest.hexdigest()}, expected {expected} '
+                    '(a truncated or altered download); nothing was kept, '
+                    'run again to retry')
+
+
+def _extract(archive: str, into: str):
+  try:
+    with tarfile.open(archive) as tar:
+      tar.extractall(into, filter='data')
+  except (tarfile.TarError, EOFError) as e:
+    raise DataError(f'{archive}: not a readable tar.gz ({e})') from None
+  if not os.path.isdir(os.path.join(into, FOLDER)):
+    raise DataError(f'{archive} holds no {FOLDER}/ folder')
+

@@ -1,0 +1,161 @@
+"""CIFAR-10 downloaded into the cache (data/download.py), served by a local
+HTTP server on 127.0.0.1 from a small generated archive: never the internet."""
+import hashlib
+import http.server
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, cli_args, random_cifar, run_cli, tiny_config, write_cifar_bin
+from test_cli import assert_one_line_error
+from resnet_jax import data
+from resnet_jax.data import download
+from resnet_jax.errors import DataError
+
+
+def make_archive(folder):
+  """A cifar-10-binary.tar.gz of 40 train and 10 test records."""
+  root = folder / 'src' / download.FOLDER
+  root.mkdir(parents=True)
+  train, test = random_cifar(40, seed=1), random_cifar(10, seed=2)
+  write_cifar_bin(root / 'data_batch_1.bin', *train)
+  write_cifar_bin(root / 'test_batch.bin', *test)
+  (root / 'batches.meta.txt').write_text(
+      '\n'.join(f'class{k}' for k in range(10)) + '\n')
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    tar.add(root, arcname=download.FOLDER)
+  return buffer.getvalue(), train
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+  """Serves the archive; `slow_after` bytes, then a stall (for kills)."""
+  body, train = make_archive(tmp_path)
+  state = {'requests': 0, 'body': body, 'stall_after': None, 'cut_at': None}
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+      state['requests'] += 1
+      payload = state['body']
+      self.send_response(200)
+      self.send_header('Content-Length', str(len(payload)))
+      self.end_headers()
+      if state['cut_at'] is not None:  # Close early: a dropped connection.
+        self.wfile.write(payload[:state['cut_at']])
+        return
+      if state['stall_after'] is not None:
+        self.wfile.write(payload[:state['stall_after']])
+        self.wfile.flush()
+        time.sleep(30)
+      self.wfile.write(payload)
+
+    def log_message(self, *args):
+      del args
+
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  url = f'http://127.0.0.1:{httpd.server_address[1]}/cifar-10-binary.tar.gz'
+  env = {'RESNET_JAX_DATA': str(tmp_path / 'cache'),
+         'RESNET_JAX_CIFAR10_URL': url,
+         'RESNET_JAX_CIFAR10_MD5': hashlib.md5(body).hexdigest()}
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  yield {**state, 'state': state, 'env': env, 'train': train,
+         'target': os.path.join(env['RESNET_JAX_DATA'], download.FOLDER)}
+  httpd.shutdown()
+
+
+def cache_entries(server):
+  cache = server['env']['RESNET_JAX_DATA']
+  return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+
+def test_downloads_once_then_trains_from_the_cache(server):
+  config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': '',
+                          'data.val_fraction': 0.25, 'data.image_size': 32})
+  splits = data.load_splits(config, ['train', 'val', 'test'])
+  assert server['state']['requests'] == 1
+  assert cache_entries(server) == [download.FOLDER]  # No temporary left.
+  images, labels = server['train']
+  assert len(splits['train']) == 30 and len(splits['val']) == 10
+  assert len(splits['test']) == 10
+  together = np.concatenate([splits['train'].labels, splits['val'].labels])
+  assert sorted(together) == sorted(labels)
+  assert data.class_names(config)[0] == 'class0'
+  assert download.cifar10() == server['target']
+  assert server['state']['requests'] == 1  # Read from the cache.
+  np.testing.assert_array_equal(
+      np.sort(np.concatenate([splits['train'].images, splits['val'].images])
+              .reshape(40, -1), 0), np.sort(images.reshape(40, -1), 0))
+
+
+def test_bad_checksum_keeps_nothing(server, monkeypatch):
+  monkeypatch.setenv('RESNET_JAX_CIFAR10_MD5', '0' * 32)
+  with pytest.raises(DataError, match='MD5 .*, expected 0{32}'):
+    download.cifar10()
+  assert cache_entries(server) == []
+
+
+def test_dropped_connection_and_no_network_are_one_line_errors(server,
+                                                                 monkeypatch):
+  server['state']['cut_at'] = 1000
+  with pytest.raises(DataError, match='could not download CIFAR-10 from'):
+    download.cifar10()
+  assert cache_entries(server) == []
+  monkeypatch.setenv('RESNET_JAX_CIFAR10_URL', 'http://127.0.0.1:9/x.tar.gz')
+  with pytest.raises(DataError, match='no network'):
+    download.cifar10()
+  with pytest.raises(DataError, match='data.download=False'):
+    download.cifar10(download=False)
+  server['state']['cut_at'] = None
+  config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': '',
+                          'data.image_size': 32})
+  result = run_cli(cli_args(config, server['env']['RESNET_JAX_DATA'] + '-run'),
+                   env={**server['env'],
+                        'RESNET_JAX_CIFAR10_URL': 'http://127.0.0.1:9/x.tgz'})
+  assert_one_line_error(result, 'could not download CIFAR-10 from')
+
+
+def test_a_kill_mid_download_leaves_no_dataset_and_a_rerun_completes(server):
+  server['state']['stall_after'] = 2000
+  fetch = [sys.executable, '-c',
+           'from resnet_jax.data import download; print(download.cifar10())']
+  proc = subprocess.Popen(fetch, cwd=REPO, env={**os.environ, **server['env']},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 60
+  while server['state']['requests'] == 0 and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(0.5)  # Part of the archive written.
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(server['target'])
+  server['state']['stall_after'] = None
+  result = subprocess.run(fetch, cwd=REPO, env={**os.environ, **server['env']},
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == server['target']
+  assert sorted(os.listdir(server['target'])) == [
+      'batches.meta.txt', 'data_batch_1.bin', 'test_batch.bin']
+
+
+def test_a_full_disk_is_a_one_line_error(server):
+  """A 1 KiB file size limit stands in for a full disk."""
+  fetch = ['bash', '-c', 'ulimit -f 1 && exec "$@"', 'bash', sys.executable,
+           '-c', 'from resnet_jax.data import download, cifar10_binary\n'
+           'from resnet_jax.errors import DataError\n'
+           'try: download.cifar10()\n'
+           'except DataError as e: print(e)']
+  result = subprocess.run(fetch, cwd=REPO, env={**os.environ, **server['env']},
+                          capture_output=True, text=True, timeout=120)
+  assert 'could not store CIFAR-10 in' in result.stdout, result.stderr
+  assert 'File too large' in result.stdout
+  assert not os.path.exists(server['target'])
