@@ -9,7 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 LAUNCH_NAME=evaluate.sh
 LAUNCH_SUMMARY='Evaluates a checkpoint of DIR on a whole split, on one GPU; the last line
-printed is {"split": ..., "accuracy": ..., "loss": ..., "num_examples": ..., "step": ...}.
+printed is {"split", "accuracy", "loss", "num_examples", "step", "accuracy_std",
+"members", "ensemble"} (accuracy and loss: means over the members).
 Give the config the run was trained with; --config.data.dir=... points at the data.'
 LAUNCH_OPTIONS_HELP='  --checkpoint=WHICH   best (validation accuracy; default), best_loss, latest
                        or a step number
