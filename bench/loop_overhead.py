@@ -14,7 +14,6 @@ longer run. Prints the CPU model and versions with the figures.
 import argparse
 import cProfile
 import io
-import platform
 import pstats
 import tempfile
 import time
@@ -25,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cpu_speed import cpu_model  # bench/, the script's folder.
 from resnet_jax import config as config_lib
 from resnet_jax import train
 
@@ -66,17 +66,6 @@ def run(steps: int, log_every: int, profiler=None) -> float:
     if profiler:
       profiler.disable()
     return time.perf_counter() - start
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def main():
