@@ -14,7 +14,6 @@ import math
 import os
 import re
 import statistics
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import models, reporting
-from resnet_jax.errors import UserError, require
+from resnet_jax.errors import UserError, exit_with, require
 
 GROUPS = ('name', 'family', 'none')
 COLUMNS = ('run', 'family', 'depth', 'parameters', 'steps', 'epochs',
@@ -195,14 +194,9 @@ def set_labels(runs, labels: str | None):
     run.label = name
 
 
-def _exit_with(message: str):  # resnet_jax.main's contract: one line, exit 2.
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 class _Parser(argparse.ArgumentParser):
   def error(self, message):
-    _exit_with(message)
+    exit_with(message)
 
 
 def main(argv=None):
@@ -228,7 +222,7 @@ def main(argv=None):
       with open(args.table, 'w') as f:
         f.write(table)
   except (UserError, OSError) as e:
-    _exit_with(str(e))
+    exit_with(str(e))
   print(table, end='')
 
 

@@ -7,11 +7,12 @@ import ml_collections
 
 from resnet_jax.cpu_conv import CONV_IMPLS
 from resnet_jax.data import SOURCES
+from resnet_jax.models import MODELS, SHORTCUTS
 from resnet_jax.errors import ConfigError
 
 CHOICES = {
-    'model.name': ('resnet', 'cnn'),
-    'model.shortcut': ('conv', 'zeropad'),
+    'model.name': MODELS,
+    'model.shortcut': SHORTCUTS,
     'model.conv_impl': CONV_IMPLS,
     'data.source': tuple(SOURCES),
     'data.streaming': ('auto', 'off', 'on'),

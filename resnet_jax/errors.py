@@ -1,5 +1,6 @@
 """Errors caused by the user's input: main prints them as one line and exits 2."""
 import importlib
+import sys
 
 
 class UserError(Exception):
@@ -16,6 +17,12 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   pass
+
+
+def exit_with(message: str):
+  """The command lines' contract for bad input: one `error:` line, exit 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def require(module: str, package: str, needed_for: str, instead: str = ''):

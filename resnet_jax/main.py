@@ -13,7 +13,7 @@ import jax
 from ml_collections import config_flags
 
 from resnet_jax import checkpoint, evaluate, predict, reporting, train
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, exit_with
 
 MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
 
@@ -60,9 +60,9 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _exit_with(str(e))
+    exit_with(str(e))
   except (AttributeError, KeyError):  # ml_collections: an unknown config key.
-    _exit_with(_unknown_config_key(argv))
+    exit_with(_unknown_config_key(argv))
 
 
 def _unknown_config_key(argv) -> str:
@@ -84,11 +84,6 @@ def _unknown_config_key(argv) -> str:
   return 'unknown config key in ' + ' '.join(argv[1:])
 
 
-def _exit_with(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def initialize_distributed():
   """Joins the other processes of a multi-host run, if this is one."""
   if FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
@@ -100,11 +95,11 @@ def initialize_distributed():
 
 def main(argv):
   if len(argv) > 1:
-    _exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
+    exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.stop_at_step < 0:
-    _exit_with(f'--stop_at_step={FLAGS.stop_at_step} must be >= 0')
+    exit_with(f'--stop_at_step={FLAGS.stop_at_step} must be >= 0')
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    _exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
+    exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
   initialize_distributed()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
   # A failed save is reported as one error line (checkpoint.SaveError); its
@@ -136,7 +131,7 @@ def main(argv):
     sys.stderr.flush()
     os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
-    _exit_with(str(e))
+    exit_with(str(e))
   except train.Interrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
