@@ -23,7 +23,7 @@ sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
 
 
-def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1):
+def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0):
   """(images/s of all members together, compile s) of the real step."""
   import jax
   from resnet_jax import config as config_lib, data, train
@@ -33,6 +33,7 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1):
   config.data.synthetic_examples = batch * 8
   config.train.batch_size, config.train.dtype = batch, dtype
   config.train.num_seeds = num_seeds
+  config.train.member_chunk = member_chunk
   mesh = train.create_mesh()
   split = data.load_splits(config, ('train',))['train']
   train_data = train.put_replicated(

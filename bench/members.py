@@ -31,6 +31,8 @@ def main():
   p.add_argument('--dtype', default='float32')
   p.add_argument('--steps', type=int, default=10, help='timed steps')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps')
+  p.add_argument('--member_chunk', type=int, default=0,
+                 help='train.member_chunk: members vmapped at a time (0: all)')
   p.add_argument('--json', metavar='FILE', help='also write the rows here')
   args = p.parse_args()
   import jax
@@ -38,7 +40,8 @@ def main():
   where = (device.device_kind if device.platform != 'cpu'
            else f'{cpu_model()}, {os.cpu_count()} cores')
   print(f'# jax {jax.__version__} on {where}; {args.model}, batch '
-        f'{args.batch_size} per member, {args.dtype}; command: '
+        f'{args.batch_size} per member, {args.dtype}, member_chunk '
+        f'{args.member_chunk}; command: '
         f'{" ".join(sys.argv)}')
   print('| members | total img/s | step ms | step time vs 1 member '
         '| compile s |')
@@ -46,7 +49,8 @@ def main():
   rows, one_step = [], None
   for count in map(int, args.members.split(',')):
     rate, compile_s = bench_jax(DEPTH[args.model], args.batch_size, args.dtype,
-                                args.steps, args.warmup, num_seeds=count)
+                                args.steps, args.warmup, num_seeds=count,
+                                member_chunk=args.member_chunk)
     step_ms = 1000 * count * args.batch_size / rate
     one_step = one_step or (step_ms if count == 1 else None)
     relative = f'{step_ms / one_step:.2f}x' if one_step else '-'

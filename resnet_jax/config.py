@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   # With several devices, split the members over them instead of the batch
   # (members must be a multiple of the device count).
   c.train.shard_members = False
+  # Members per vmapped chunk of a step, the chunks one after another (0: all
+  # at once). On a CPU, 1 is fastest: XLA:CPU runs the grouped convolutions
+  # of vmapped members slowly. Not with train.shard_members.
+  c.train.member_chunk = 0
   return c
 
 
@@ -127,7 +131,8 @@ def validate(config) -> None:
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
               'train.warmup_steps': 0, 'data.decode_threads': 0, 'seed': 0,
-              'data.synthetic_seed': 0, 'train.num_seeds': 1}
+              'data.synthetic_seed': 0, 'train.num_seeds': 1,
+              'train.member_chunk': 0}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -157,6 +162,9 @@ def validate(config) -> None:
   if not isinstance(config.train.shard_members, bool):
     raise ConfigError(f'train.shard_members={config.train.shard_members!r} '
                       'must be True or False')
+  if config.train.member_chunk and config.train.shard_members:
+    raise ConfigError('train.member_chunk works without train.shard_members '
+                      '(each device already trains whole members)')
   boundaries = tuple(config.train.step_boundaries)
   if (not all(isinstance(b, (int, float)) and 0 < b < 1 for b in boundaries)
       or list(boundaries) != sorted(boundaries)):

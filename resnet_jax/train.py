@@ -206,9 +206,20 @@ def make_train_fn(config, mesh, normalization, streamed=False):
     metrics['active'] = active & (metrics['finite'] | skip)
     return new_state, metrics
 
+  chunk = config.train.member_chunk
+
   def train_fn(state, train_data, active=None):
     if active is None:  # Every member trains.
       active = jnp.ones(len(order_keys), bool)
+    if 0 < chunk < len(order_keys):
+      # `chunk` members vmapped at a time, the chunks one after another.
+      per_member = (state, order_keys, augment_keys, active)
+      if streamed:
+        per_member += (train_data,)
+      def one(xs):
+        data_ = xs[4] if streamed else train_data
+        return member_step(xs[0], data_, *xs[1:4])
+      return jax.lax.map(one, per_member, batch_size=chunk)
     # spmd_axis_name: the member axis of the batch follows the state's.
     return jax.vmap(member_step, in_axes=(0, 0 if streamed else None, 0, 0, 0),
                     spmd_axis_name='members')(

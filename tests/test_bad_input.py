@@ -38,6 +38,7 @@ INVALID_VALUES = {
     'train.eval_flip': None, 'train.num_seeds': 0,
     'train.sweep_learning_rates': '(0.1,-1)',
     'train.sweep_weight_decays': '(-1,)', 'train.shard_members': None,
+    'train.member_chunk': -1,
 }
 # data.dir and data.name only matter to the sources that read them.
 SOURCE_FOR = {'data.dir': 'cifar10_binary', 'data.name': 'tfds'}
