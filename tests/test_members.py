@@ -6,7 +6,8 @@ import pytest
 from conftest import cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error
 from test_train import restore_params
-from resnet_jax import checkpoint, data, evaluate, predict, reporting, train
+from resnet_jax import checkpoint, data, evaluate, predict, progress, reporting
+from resnet_jax import train
 from resnet_jax.errors import CheckpointError
 
 SHORT = {'train.steps': 6, 'train.eval_every': 6}
@@ -158,7 +159,7 @@ def test_a_diverged_member_is_frozen_and_the_others_go_on(tmp_path, capsys):
   _, variables = restore_params(str(tmp_path / 'one'))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
   # When every member has diverged, the run stops.
-  with pytest.raises(train.TrainingDiverged, match='every member diverged'):
+  with pytest.raises(progress.TrainingDiverged, match='every member diverged'):
     train.train_and_evaluate(
         tiny_config(**SHORT, **{'train.sweep_learning_rates': (1e4, 2e4)}),
         str(tmp_path / 'all'))

@@ -1,0 +1,178 @@
+"""What the training loop reports and how it treats divergence.
+
+ProgressLog sends each log interval's train metrics and each evaluation's
+validation metrics to the reporter (files, TensorBoard, plots) and the
+progress bar. The divergence policy (train.on_nonfinite): with 'stop', a
+member whose loss or gradient is non-finite is frozen at its last good state
+and the run stops when none is left; with 'skip', the step is not applied
+and the run goes on. A non-finite validation loss never ranks a checkpoint.
+"""
+import sys
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from resnet_jax import config as config_lib
+from resnet_jax.errors import UserError
+
+
+class TrainingDiverged(UserError):
+  """A non-finite loss or gradient, with train.on_nonfinite=stop."""
+
+
+def member_name(member: dict) -> str:
+  return (f'seed {member["seed"]}, learning rate {member["learning_rate"]:g}, '
+          f'weight decay {member["weight_decay"]:g}')
+
+
+def check_finite(fetched, first_step, on_nonfinite, active, members):
+  """Reports the non-finite steps of each member; returns (skipped member
+  steps, each member's `active` after the last step).
+
+  With 'stop' a member's first non-finite step froze it (in the train step);
+  the run stops when no member is left (a single run: at once).
+  """
+  finite = np.array([m['finite'] for m in fetched]).reshape(len(fetched), -1)
+  was_active = np.concatenate([np.asarray(active)[None],
+                               np.array([m['active'] for m in fetched])])
+  if on_nonfinite == 'skip':
+    for k in range(finite.shape[1]):
+      bad = [first_step + i for i in np.flatnonzero(~finite[:, k])]
+      who = (f' of member {k} ({member_name(members[k])})'
+             if len(members) > 1 else '')
+      if bad:
+        print(f'warning: skipped non-finite steps{who} {bad}', file=sys.stderr)
+    return int((~finite).sum()), was_active[-1]
+  for k in range(finite.shape[1]):
+    bad = np.flatnonzero(~finite[:, k] & was_active[:-1, k])
+    if not bad.size:  # Finite, or frozen before (a validation reports it).
+      continue
+    step = first_step + int(bad[0])
+    if len(members) == 1:
+      raise TrainingDiverged(
+          f'non-finite loss or gradient at step {step}; the update was not '
+          'applied and the last good checkpoint is kept (lower '
+          'train.learning_rate, or set train.on_nonfinite=skip)')
+    print(f'warning: member {k} ({member_name(members[k])}) diverged: '
+          f'non-finite loss or gradient at step {step}; it stays frozen at its '
+          'last good state, the others go on', file=sys.stderr)
+  if not was_active[-1].any():
+    raise TrainingDiverged(
+        f'every member diverged (non-finite loss or gradient) by step '
+        f'{first_step + len(fetched) - 1}; the last good checkpoint is kept '
+        '(lower the learning rates, or set train.on_nonfinite=skip)')
+  return 0, was_active[-1]
+
+
+class ProgressLog:
+  """Train metrics every train.log_every steps and validation metrics, to the
+  reporter (files, TensorBoard, plots) and the progress bar (process 0)."""
+
+  def __init__(self, config, reporter, start: int, steps_per_epoch: int,
+               active):
+    self.config, self.reporter = config, reporter
+    self.members = config_lib.members(config)
+    self.active = np.asarray(active)  # As of the last fetched step.
+    self.steps_per_epoch = steps_per_epoch
+    self.bar = tqdm(total=config.train.steps, initial=start, unit='step',
+                    dynamic_ncols=True, disable=jax.process_index() != 0)
+    self.last_log, self.images_per_sec, self.skipped = None, None, 0
+
+  def train(self, step: int, pending: list):
+    """Fetches the metrics of the steps up to `step` and records their mean."""
+    fetched = jax.device_get(pending)
+    skipped, self.active = check_finite(
+        fetched, step - len(fetched) + 1, self.config.train.on_nonfinite,
+        self.active, self.members)
+    self.skipped += skipped
+    now = time.perf_counter()
+    # Images of all members together; the first interval includes compilation.
+    if self.last_log is not None:
+      self.images_per_sec = (len(fetched) * self.config.train.batch_size
+                             * len(self.members) / (now - self.last_log))
+    self.last_log = now
+    # Each member's mean over its applied steps; the record's mean over those.
+    applied = np.array([m['finite'] & m['active'] for m in fetched])
+    per_member = {}
+    for k in ('loss', 'accuracy'):
+      values = np.array([m[k] for m in fetched], np.float64)
+      per_member[k] = [float(np.mean(v[a])) if a.any() else None
+                       for v, a in zip(values.T, applied.T)]
+    per_member['learning_rate'] = [
+        float(x) for x in np.reshape(fetched[-1]['learning_rate'], -1)]
+    record = {f'train_{k}': _mean(v) for k, v in per_member.items()}
+    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
+                         **record, **self._by_member('train', per_member),
+                         'images_per_sec': self.images_per_sec,
+                         'skipped_steps': self.skipped})
+    fmt = lambda x, spec: 'n/a' if x is None else format(x, spec)
+    self.bar.set_postfix(loss=fmt(record['train_loss'], '.3f'),
+                         acc=fmt(record['train_accuracy'], '.3f'),
+                         lr=fmt(record['train_learning_rate'], '.4f'),
+                         img_s=f'{self.images_per_sec or 0:.0f}')
+    self.bar.update(step - self.bar.n)
+
+  def _by_member(self, prefix: str, per_member: dict) -> dict:
+    """{'PREFIX_KEY_memberK': value}: each member's figures, when several."""
+    if len(self.members) == 1:
+      return {}
+    return {f'{prefix}_{key}_member{k}': v for key, values in per_member.items()
+            for k, v in enumerate(values)}
+
+  def validation(self, step: int, val: dict):
+    per_member = {'loss': [finite_or_none(x) for x in val['member_loss']],
+                  'accuracy': val['member_accuracy']}
+    extra = {}
+    if len(self.members) > 1:
+      extra['val_accuracy_std'] = float(np.std(val['member_accuracy']))
+    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
+                         'val_loss': val['loss'],
+                         'val_accuracy': val['accuracy'], **extra,
+                         **self._by_member('val', per_member)})
+    self.reporter.evaluated()
+    if jax.process_index() == 0:
+      self.bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
+                     f'val_accuracy {val["accuracy"]:.4f}')
+    self.last_log = time.perf_counter()  # Evaluation time is not training time.
+
+  def close(self):
+    self.bar.close()
+
+
+def _mean(values):
+  """The mean of the values that are not None (None if none is)."""
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def finite_or_none(x):
+  return float(x) if np.isfinite(x) else None
+
+
+def check_validation(val: dict, step: int, on_nonfinite: str, members):
+  """Each member's validation loss is finite (a bool array); with 'stop', a
+  single run whose loss is not, or a run where no member's is, stops."""
+  finite = np.isfinite(val['member_loss'])
+  if on_nonfinite == 'stop' and not finite.any():
+    raise TrainingDiverged(
+        f'non-finite validation loss at step {step}; not saved, the last good '
+        'checkpoint is kept (lower train.learning_rate, or set '
+        'train.on_nonfinite=skip)')
+  if on_nonfinite == 'stop':
+    for k in np.flatnonzero(~finite):
+      print(f'warning: member {k} ({member_name(members[k])}) has a '
+            f'non-finite validation loss at step {step}; it stays frozen',
+            file=sys.stderr)
+  return finite
+
+
+def ranking_metrics(val: dict, finite):
+  """What best checkpoints are chosen by: the mean validation accuracy and
+  loss of the members whose loss is finite (None if no member's is)."""
+  if not finite.any():
+    return None
+  mean = lambda key: float(np.mean(np.asarray(val[key])[finite]))
+  return {'val_accuracy': mean('member_accuracy'),
+          'val_loss': mean('member_loss')}
