@@ -189,3 +189,18 @@ def test_evaluate_and_samples_stream_a_split_too_large_for_memory(tmp_path):
   rows = [predict.samples(c, workdir, 'latest', 'test', num_samples=5)['samples']
           for c in (memory, streamed)]
   assert rows[0] == rows[1]
+
+
+def test_a_source_without_a_stream_reader_loads_in_memory(monkeypatch):
+  class Source:  # A new source that has no streaming reader.
+    splits = staticmethod(lambda data_config: ('train',))
+    load = staticmethod(lambda data_config, split, num_classes: (
+        np.zeros((8, 16, 16, 3), np.uint8), np.zeros(8, np.int32)))
+    class_names = staticmethod(lambda data_config: tuple('abcdefghij'))
+  monkeypatch.setitem(data.SOURCES, 'mine', Source)
+  config = tiny_config(**{'data.source': 'mine'})
+  assert not stream.should_stream(config)
+  assert len(data.load_splits(config, ['train'])['train']) == 6
+  config.data.streaming = 'on'
+  with pytest.raises(DataError, match='data.source=mine has no streaming'):
+    stream.open_split(config, 'train')

@@ -65,6 +65,8 @@ def should_stream_split(config, name: str) -> bool:
   mode = config.data.streaming
   if mode != 'auto':
     return mode == 'on'
+  if config.data.source not in _READERS:  # It can only load in memory.
+    return False
   return not folder.fits_in_memory(split_size(config, name), config.data)
 
 
@@ -93,6 +95,10 @@ def open_split(config, name: str) -> 'StreamedSplit':
   source = data.SOURCES[data_config.source]
   carve = 'val' not in source.splits(data_config)
   stored = 'train' if carve and name == 'val' else name
+  if data_config.source not in _READERS:
+    raise DataError(f'data.source={data_config.source} has no streaming '
+                    'reader (data/stream.py _READERS); set '
+                    'data.streaming=off or auto')
   reader = _READERS[data_config.source](data_config, stored, num_classes)
   positions = np.arange(len(reader))
   if carve and name != 'test':
