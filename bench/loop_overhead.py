@@ -8,8 +8,8 @@ progress bar, reporting, the final save) with ResNet swapped for a model of
 negligible cost (global mean pool, BatchNorm, a dense layer) on 8x8
 synthetic images, batch 8. Each figure is the difference of two runs
 (--steps and 2x --steps), so compilation, setup and the final evaluation
-and save cancel out. --profile adds cProfile's top host functions of the
-longer run. Prints the CPU model and versions with the figures.
+and save cancel out. --profile adds cProfile's top host functions of a
+third, untimed run. Prints the CPU model and versions with the figures.
 """
 import argparse
 import cProfile
@@ -79,14 +79,15 @@ def main():
   for log_every in map(int, args.log_every.split(',')):
     run(min(args.steps, 50), log_every)  # Warm: compile caches, imports.
     short = run(args.steps, log_every)
-    profiler = cProfile.Profile() if args.profile else None
-    long = run(2 * args.steps, log_every, profiler)
+    long = run(2 * args.steps, log_every)
     per_step = (long - short) / args.steps
     print(f'log_every={log_every:4d}: {1 / per_step:7.0f} steps/s '
           f'({per_step * 1e3:.3f} ms per step of the loop; runs of '
           f'{args.steps} and {2 * args.steps} steps took {short:.1f} s and '
           f'{long:.1f} s)', flush=True)
-    if profiler:
+    if args.profile:  # A run of its own: the profiler slows what it sees.
+      profiler = cProfile.Profile()
+      run(args.steps, log_every, profiler)
       out = io.StringIO()
       pstats.Stats(profiler, stream=out).sort_stats('tottime').print_stats(12)
       print(out.getvalue())

@@ -124,11 +124,14 @@ def main(argv):
                                  FLAGS.split)
       print(json.dumps(result))
   except checkpoint.SaveError as e:
-    print(f'error: {e}', file=sys.stderr)
-    # Exit now: at interpreter exit the failed write's leftover callbacks
-    # print tracebacks into closed event loops. The logs are closed already.
+    # The failed write's leftover TensorStore callbacks print tracebacks from
+    # other threads (into event loops Orbax has closed), until and at exit:
+    # the error goes out in one write, then stderr is shut and the process
+    # ends at once. The logs and metrics files are closed already.
     sys.stdout.flush()
+    sys.stderr.write(f'error: {e}\n')
     sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
     exit_with(str(e))
