@@ -126,12 +126,12 @@ def main(argv):
   except checkpoint.SaveError as e:
     # The failed write's leftover TensorStore callbacks print tracebacks from
     # other threads (into event loops Orbax has closed), until and at exit:
-    # the error goes out in one write, then stderr is shut and the process
-    # ends at once. The logs and metrics files are closed already.
+    # stderr is shut to them first, the error goes out in one write to the
+    # real stderr, and the process ends at once. Logs are closed already.
     sys.stdout.flush()
-    sys.stderr.write(f'error: {e}\n')
-    sys.stderr.flush()
+    real_stderr = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.write(real_stderr, f'error: {e}\n'.encode())
     os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
     exit_with(str(e))
