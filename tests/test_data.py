@@ -4,7 +4,7 @@ import jax
 
 from conftest import tiny_config, write_cifar_bin, random_cifar
 from resnet_jax import data
-from resnet_jax.data import augment, cifar10_binary
+from resnet_jax.data import augment, cifar10_binary, stream, synthetic
 from resnet_jax.errors import DataError
 
 
@@ -83,6 +83,12 @@ def test_label_out_of_range_is_a_clear_error(tmp_path):
   write_cifar_bin(tmp_path / 'data_batch_1.bin', images, labels)
   with pytest.raises(DataError, match='record 2 has label 12, outside 0..9'):
     data.load_splits(cifar_config(tmp_path), ('train',))
+  # Streamed: the same check, the same message.
+  config = cifar_config(tmp_path, **{'data.streaming': 'on'})
+  with pytest.raises(DataError, match=r'data_batch_1.bin: record 2 has label '
+                     r'12, outside 0..9'):
+    for name in ('train', 'val'):  # Record 2 is in one of them.
+      stream.open_split(config, name).load()
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -107,6 +113,50 @@ def test_synthetic_source_has_the_configured_shape():
   assert len(splits['val']) == 10 and len(splits['test']) == 50
   assert splits['train'].labels.max() < 3
   assert data.class_names(config) == ('class_0', 'class_1', 'class_2')
+
+
+class ReadOnlySource:
+  """A new source with only Reader.read (no read_all): the synthetic images,
+  example 5 of train unreadable."""
+  splits = staticmethod(synthetic.splits)
+  class_names = staticmethod(synthetic.class_names)
+
+  class Reader:
+
+    def __init__(self, data_config, split, num_classes):
+      self.arrays = synthetic.Reader(data_config, split, num_classes)
+      self.bad = 5 if split == 'train' else None
+
+    def __len__(self):
+      return len(self.arrays)
+
+    def read(self, i):
+      if i == self.bad:
+        return None, None, 'OSError: cut short'
+      return self.arrays.read(i)
+
+    def name(self, i):
+      return f'mine[{i}]'
+
+
+def test_a_source_with_only_read_loads_and_streams_alike(monkeypatch, capsys):
+  monkeypatch.setitem(data.SOURCES, 'mine', ReadOnlySource)
+  config = tiny_config(**{'data.source': 'mine'})
+  with pytest.raises(DataError, match=r'mine\[5\] is not a readable image '
+                     r'\(OSError: cut short\)'):
+    data.load_splits(config, ('train',))
+  config.data.skip_corrupt = True
+  memory = data.load_splits(config, ('train', 'val', 'test'))
+  assert 'skipped unreadable image mine[5]' in capsys.readouterr().err
+  images, labels = synthetic.load(config.data, 'train', 10)
+  images, labels = np.delete(images, 5, 0), np.delete(labels, 5)
+  val = data._val_mask(159, config.data.val_fraction)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(memory['val'].images, images[val])
+  np.testing.assert_array_equal(memory['train'].labels, labels[~val])
+  config.data.streaming = 'on'  # Streamed through the same Reader.
+  test = stream.open_split(config, 'test').load()
+  np.testing.assert_array_equal(test.images, memory['test'].images)
+  np.testing.assert_array_equal(test.labels, memory['test'].labels)
 
 
 def test_channel_stats_match_numpy():

@@ -47,19 +47,17 @@ def splits(data_config) -> tuple[str, ...]:
   return tuple(s for s in ('train', 'test') if _split_files(directory, s))
 
 
-def read_file(path: str, num_classes: int = 10):
+def read_file(path: str):
   """Reads one .bin file into uint8 images (N, 32, 32, 3) and int32 labels."""
   _check_size(path)
   records = np.fromfile(path, dtype=np.uint8).reshape(-1, RECORD_BYTES)
-  images, labels = decode_records(records, path, 0, num_classes)
+  images, labels = decode_records(records)
   return np.ascontiguousarray(images), labels
 
 
 def open_records(data_config, split: str) -> list[tuple[str, np.ndarray]]:
-  """(path, memory-mapped (N, 3073) uint8 records) per file of the split.
-
-  For streaming: records are read from disk only when indexed.
-  """
+  """(path, memory-mapped (N, 3073) uint8 records) per file of the split:
+  records are read from disk only when indexed."""
   directory = data_dir(data_config)
   folder.check_dir(directory, DIR_WANTED)
   files = _split_files(directory, split)
@@ -68,14 +66,44 @@ def open_records(data_config, split: str) -> list[tuple[str, np.ndarray]]:
           for f in files]
 
 
-def decode_records(records, path: str, first: int, num_classes: int):
-  """(N, 3073) records (number `first` on in `path`) to images and labels."""
+def decode_records(records):
+  """(N, 3073) records to uint8 (N, 32, 32, 3) images and int32 labels."""
   labels = records[:, 0].astype(np.int32)
-  bad = np.flatnonzero(labels >= num_classes)
-  if bad.size:
-    raise DataError(f'{path}: record {first + bad[0]} has label '
-                    f'{labels[bad[0]]}, outside 0..{num_classes - 1}')
   return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+class Reader:
+  """The records of a split's files, memory-mapped (the source's Reader)."""
+
+  def __init__(self, data_config, split: str, num_classes: int):
+    del num_classes  # Labels are checked by the caller.
+    self.files = open_records(data_config, split)
+    self.ends = np.cumsum([len(records) for _, records in self.files])
+
+  def __len__(self):
+    return int(self.ends[-1])
+
+  def read(self, i):
+    f, first = self._locate(i)
+    images, labels = decode_records(
+        np.asarray(self.files[f][1][first:first + 1]))
+    return np.ascontiguousarray(images[0]), int(labels[0]), None
+
+  def name(self, i):
+    f, first = self._locate(i)
+    return f'{self.files[f][0]}: record {first}'
+
+  def read_all(self):
+    """All records at once, decoded in one vectorized step per file."""
+    parts = [decode_records(np.asarray(records)) for _, records in self.files]
+    images = np.empty((len(self), 32, 32, 3), np.uint8)  # C order, as read().
+    np.concatenate([part for part, _ in parts], out=images)
+    return images, np.concatenate([labels for _, labels in parts])
+
+  def _locate(self, i):
+    """(file number, record number in that file) of record i."""
+    f = int(np.searchsorted(self.ends, i, side='right'))
+    return f, i - (int(self.ends[f - 1]) if f else 0)
 
 
 def _check_size(path: str) -> int:
@@ -96,13 +124,7 @@ def _check_present(files, directory, split):
 
 def load(data_config, split: str, num_classes: int):
   """Returns (images, labels) of 'train' (all data_batch_*.bin) or 'test'."""
-  directory = data_dir(data_config)
-  folder.check_dir(directory, DIR_WANTED)
-  files = _split_files(directory, split)
-  _check_present(files, directory, split)
-  parts = [read_file(f, num_classes) for f in files]
-  return (np.concatenate([p[0] for p in parts]),
-          np.concatenate([p[1] for p in parts]))
+  return Reader(data_config, split, num_classes).read_all()
 
 
 def class_names(data_config) -> tuple[str, ...]:

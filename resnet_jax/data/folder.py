@@ -66,22 +66,45 @@ def class_names(data_config) -> tuple[str, ...]:
   return names[reference]
 
 
-def load(data_config, split: str, num_classes: int):
-  """Decodes every image of `split` into uint8 (N, S, S, 3) and int32 labels."""
-  files, labels = list_files(data_config, split, num_classes)
-  check_memory_budget(os.path.join(data_config.dir, split), len(files),
-                      data_config)
-  images, ok = decode_files(files, data_config.image_size,
-                            data_config.decode_threads, data_config.skip_corrupt)
-  if not ok.all():
-    images, labels = images[ok], labels[ok]
-    emptied = np.setdiff1d(np.arange(num_classes), labels)
+class Reader:
+  """A split's image files, decoded on demand (the source's Reader)."""
+
+  def __init__(self, data_config, split: str, num_classes: int):
+    self.files, self.labels = list_files(data_config, split, num_classes)
+    self.data_config, self.split = data_config, split
+
+  def __len__(self):
+    return len(self.files)
+
+  def read(self, i):
+    image, error = try_decode(self.files[i], self.data_config.image_size)
+    return image, self.labels[i], error
+
+  def name(self, i):
+    return self.files[i]
+
+  def read_all(self):
+    """Every readable image, decoded in a thread pool."""
+    config = self.data_config
+    check_memory_budget(os.path.join(config.dir, self.split), len(self.files),
+                        config)
+    images, ok = decode_files(self.files, config.image_size,
+                              config.decode_threads, config.skip_corrupt)
+    if ok.all():
+      return images, self.labels
+    labels = self.labels[ok]
+    emptied = np.setdiff1d(self.labels, labels)
     if emptied.size:
-      names = class_names(data_config)
-      raise DataError(f'{os.path.join(data_config.dir, split, names[emptied[0]])}'
+      names = class_names(config)
+      raise DataError(f'{os.path.join(config.dir, self.split, names[emptied[0]])}'
                       ' has no readable image left after skipping the '
                       'unreadable ones')
-  return images, labels
+    return images[ok], labels
+
+
+def load(data_config, split: str, num_classes: int):
+  """Decodes every image of `split` into uint8 (N, S, S, 3) and int32 labels."""
+  return Reader(data_config, split, num_classes).read_all()
 
 
 def list_files(data_config, split: str, num_classes: int):
@@ -98,7 +121,7 @@ def list_files(data_config, split: str, num_classes: int):
                     f'{len(names)}')
   files, labels = [], []
   for label, name in enumerate(names):
-    found = _image_files(os.path.join(root, name))
+    found = image_files(os.path.join(root, name))
     if not found:
       raise DataError(f'{os.path.join(root, name)} is an empty class folder '
                       f'(no {"/".join(EXTENSIONS)} files)')
@@ -134,14 +157,23 @@ def decode_files(paths, size: int, threads: int = 0, skip_corrupt=False,
   else:
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
       list(pool.map(work, starts))
+  return images, check_readable(names, errors, skip_corrupt)
+
+
+def check_readable(names, errors, skip_corrupt: bool) -> np.ndarray:
+  """Whether each image (errors[i]: None or its reason) was readable.
+
+  Without skip_corrupt, the first unreadable one raises DataError naming it;
+  with it, each is named in a warning.
+  """
   bad = [i for i, e in enumerate(errors) if e]
   if bad and not skip_corrupt:
     raise unreadable(names[bad[0]], errors[bad[0]], len(bad) - 1)
   for i in bad:
     warn_skipped(names[i], errors[i])
-  ok = np.ones(len(paths), bool)
+  ok = np.ones(len(errors), bool)
   ok[bad] = False
-  return images, ok
+  return ok
 
 
 def try_decode(path_or_bytes, size: int):
@@ -195,7 +227,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
   return image.convert('RGB')  # L, P, CMYK, YCbCr, 1, F ...
 
 
-def _image_files(folder: str) -> list[str]:
+def image_files(folder: str) -> list[str]:
+  """The image files under `folder`, recursively, sorted, hidden entries
+  skipped."""
   found = []
   for root, dirs, files in os.walk(folder, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))

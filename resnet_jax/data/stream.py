@@ -2,11 +2,12 @@
 
 A split that fits `data.max_in_memory_gb` goes whole to device memory and
 each train step samples its batch there (train.sample_batch). A larger one is
-read here: a random-access reader per source gives example i of the stored
-split (folder: the file list, decoded with folder.decode; tfds: the
-array_record data source; cifar10_binary: memory-mapped records; synthetic:
-its arrays), and grain runs it in background threads that prefetch whole
-batches ahead of the train step.
+read here, batch by batch, through the same source Reader and the same
+validation carve as the in-memory path (data/__init__.py): reader.read(i)
+gives example i of the stored split (folder: a file, decoded with
+folder.decode; tfds: the array_record data source; cifar10_binary:
+memory-mapped records; synthetic: its arrays), and grain runs it in
+background threads that prefetch whole batches ahead of the train step.
 
 Why grain: it is Google's maintained loader for JAX, needs no TensorFlow,
 and its MapDataset keeps random access through map and batch, so batch b can
@@ -29,7 +30,6 @@ loader at the restored step, with no iterator state in the checkpoint.
 With several processes each reads only its slice of the global batch and
 the global array is assembled with jax.make_array_from_process_local_data.
 """
-import math
 import os
 import threading
 
@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import config as config_lib
 from resnet_jax import data
-from resnet_jax.data import cifar10_binary, folder, synthetic, tfds
+from resnet_jax.data import folder
 from resnet_jax.errors import DataError, require
 
 
@@ -65,58 +65,51 @@ def should_stream_split(config, name: str) -> bool:
   mode = config.data.streaming
   if mode != 'auto':
     return mode == 'on'
-  if config.data.source not in _READERS:  # It can only load in memory.
-    return False
+  if not hasattr(data.source_module(config.data), 'Reader'):
+    return False  # It can only load in memory.
   return not folder.fits_in_memory(split_size(config, name), config.data)
 
 
 def split_size(config, name: str) -> int:
-  """The example count of split `name`, without reading any example.
+  """The example count of split `name`, without decoding any example.
 
-  TFDS counts come from its metadata, so a dataset that cannot be streamed
-  (prepared as tfrecord) still loads in memory under 'auto'.
+  A reader's length reads no example (TFDS: its metadata), so a dataset that
+  cannot be streamed (TFDS prepared as tfrecord) still loads in memory under
+  'auto'.
   """
-  data_config, num_classes = config.data, config.model.num_classes
-  carve = 'val' not in data.SOURCES[data_config.source].splits(data_config)
-  stored = 'train' if carve and name == 'val' else name
-  if data_config.source == 'tfds':
-    n = tfds.num_examples(data_config, stored, num_classes)
-  else:
-    n = len(_READERS[data_config.source](data_config, stored, num_classes))
-  if not carve or name == 'test':
-    return n
-  num_val = int(round(n * data_config.val_fraction))  # As data._val_mask.
-  return num_val if name == 'val' else n - num_val
+  return len(_open(config, name)[1])
 
 
 def open_split(config, name: str) -> 'StreamedSplit':
   """Split `name` for streaming; 'val' carved from 'train' as load_splits does."""
-  data_config, num_classes = config.data, config.model.num_classes
-  source = data.SOURCES[data_config.source]
-  carve = 'val' not in source.splits(data_config)
-  stored = 'train' if carve and name == 'val' else name
-  if data_config.source not in _READERS:
-    raise DataError(f'data.source={data_config.source} has no streaming '
-                    'reader (data/stream.py _READERS); set '
-                    'data.streaming=off or auto')
-  reader = _READERS[data_config.source](data_config, stored, num_classes)
-  positions = np.arange(len(reader))
-  if carve and name != 'test':
-    val = data._val_mask(len(reader), data_config.val_fraction)  # pylint: disable=protected-access
-    positions = np.flatnonzero(val if name == 'val' else ~val)
-  split = StreamedSplit(reader, positions, data_config)
-  if not len(split):
-    raise DataError(f'split {name!r} is empty')
-  split.check_shape(name, data_config)
+  reader, positions = _open(config, name)
+  split = StreamedSplit(reader, positions, config.data,
+                        config.model.num_classes)
+  data.check_not_empty(len(split), name)
+  data.check_shape(split.example(0)[0].shape, name, config.data)
   return split
+
+
+def _open(config, name: str):
+  """(reader of the stored split, positions of `name` in it)."""
+  data_config = config.data
+  stored, part = data.locate(data_config, name)
+  module = data.source_module(data_config)
+  if not hasattr(module, 'Reader'):
+    raise DataError(f'data.source={data_config.source} has no streaming '
+                    'reader (no Reader in its module); set '
+                    'data.streaming=off or auto')
+  reader = module.Reader(data_config, stored, config.model.num_classes)
+  return reader, data.positions(len(reader), part, data_config)
 
 
 class StreamedSplit:
   """Examples of a split, read on demand: `example(k)` for k < len."""
 
-  def __init__(self, reader, positions, data_config):
+  def __init__(self, reader, positions, data_config, num_classes: int):
     self.reader = reader
     self.positions = positions  # Indices into the stored split.
+    self.num_classes = num_classes
     self.grayscale = data_config.grayscale
     self.skip_corrupt = data_config.skip_corrupt
     self.threads = data_config.decode_threads or os.cpu_count() or 1
@@ -136,7 +129,9 @@ class StreamedSplit:
       index = int(self.positions[(k + attempt) % len(self)])
       image, label, error = self.reader.read(index)
       if error is None:
-        return data._to_channels(image, self.grayscale), label  # pylint: disable=protected-access
+        data.check_labels([label], self.num_classes,
+                          lambda _, i=index: self.reader.name(i))
+        return data.to_channels(image, self.grayscale), label
       name = self.reader.name(index)
       if not self.skip_corrupt:
         raise folder.unreadable(name, error)
@@ -160,15 +155,6 @@ class StreamedSplit:
     parts = list(self.batches(ks, 256))
     return data.Split(np.concatenate([p['image'] for p in parts]),
                       np.concatenate([p['label'] for p in parts]))
-
-  def check_shape(self, name: str, data_config):
-    """The DataError of load_splits for images of the wrong shape."""
-    shape = self.example(0)[0].shape
-    size, channels = data_config.image_size, 1 if self.grayscale else 3
-    if shape != (size, size, channels):
-      raise DataError(f'{name} images are {shape} but the config asks for '
-                      f'{(size, size, channels)} (data.image_size, '
-                      'data.grayscale)')
 
   def read_options(self):
     """grain's threads: one per decode thread, a few batches ahead."""
@@ -266,115 +252,6 @@ class TrainBatches:
       close()
 
 
-def evaluate(eval_fn, state, split: StreamedSplit, batch_size: int, mesh):
-  """Each member's sums (train.make_eval_fn) over a streamed split, one
-  padded, masked chunk at a time (train.member_metrics makes the metrics).
-
-  Every chunk has the same shape (one compilation); padding is masked out,
-  so every example counts once, as with train.put_eval_chunks.
-  """
-  num_devices = mesh.devices.size
-  batch_size = math.ceil(min(batch_size, len(split)) / num_devices) * num_devices
-  sharding = NamedSharding(mesh, P(None, 'data'))
-  totals = {'loss': 0.0, 'correct': 0, 'count': 0}
-  for batch in split.batches(np.arange(len(split)), batch_size):
-    arrays = data.padded(data.Split(batch['image'], batch['label']),
-                         batch_size)
-    chunk = {k: jax.make_array_from_callback(
-        (1, *v.shape), sharding, lambda i, v=v: v[None][i])
-             for k, v in arrays.items()}
-    sums = jax.device_get(eval_fn(state, chunk))
-    totals = {k: totals[k] + np.asarray(sums[k], np.float64) for k in totals}
-  return totals
-
-
 def _stack(examples):
   return {'image': np.stack([e[0] for e in examples]),
           'label': np.asarray([e[1] for e in examples], np.int32)}
-
-
-# Readers: random access to a stored split. read(i) returns (uint8 (S, S, 3)
-# image, int label, None) or (None, None, 'Type: reason') if unreadable;
-# name(i) names example i in messages.
-
-
-class _FolderReader:
-
-  def __init__(self, data_config, split, num_classes):
-    self.files, self.labels = folder.list_files(data_config, split, num_classes)
-    self.size = data_config.image_size
-
-  def __len__(self):
-    return len(self.files)
-
-  def read(self, i):
-    image, error = folder.try_decode(self.files[i], self.size)
-    return image, self.labels[i], error
-
-  def name(self, i):
-    return self.files[i]
-
-
-class _TfdsReader:
-
-  def __init__(self, data_config, split, num_classes):
-    self.source, self.image_key, self.label_key, self.where = tfds.data_source(
-        data_config, split, num_classes)
-    self.size, self.num_classes = data_config.image_size, num_classes
-
-  def __len__(self):
-    return len(self.source)
-
-  def read(self, i):
-    example = self.source[i]
-    label = int(example[self.label_key])
-    if not 0 <= label < self.num_classes:
-      raise DataError(f'{self.name(i)} has label {label}, outside '
-                      f'0..{self.num_classes - 1}')
-    image, error = folder.try_decode(example[self.image_key], self.size)
-    return image, label, error
-
-  def name(self, i):
-    return f'{self.where}[{i}]'
-
-
-class _CifarReader:
-
-  def __init__(self, data_config, split, num_classes):
-    self.files = cifar10_binary.open_records(data_config, split)
-    self.ends = np.cumsum([len(records) for _, records in self.files])
-    self.num_classes = num_classes
-
-  def __len__(self):
-    return int(self.ends[-1])
-
-  def read(self, i):
-    f = int(np.searchsorted(self.ends, i, side='right'))
-    path, records = self.files[f]
-    first = i - (int(self.ends[f - 1]) if f else 0)
-    images, labels = cifar10_binary.decode_records(
-        np.asarray(records[first:first + 1]), path, first, self.num_classes)
-    return np.ascontiguousarray(images[0]), labels[0], None
-
-  def name(self, i):
-    return f'record {i}'
-
-
-class _ArrayReader:
-  """Synthetic data is generated in memory; streaming it exercises the path."""
-
-  def __init__(self, data_config, split, num_classes):
-    self.images, self.labels = synthetic.load(data_config, split, num_classes)
-
-  def __len__(self):
-    return len(self.labels)
-
-  def read(self, i):
-    return self.images[i], self.labels[i], None
-
-  def name(self, i):
-    return f'synthetic[{i}]'
-
-
-_READERS = {'folder': _FolderReader, 'tfds': _TfdsReader,
-            'cifar10_binary': _CifarReader, 'synthetic': _ArrayReader}

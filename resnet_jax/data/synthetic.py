@@ -27,5 +27,24 @@ def load(data_config, split: str, num_classes: int):
   return images.astype(np.uint8), labels
 
 
+class Reader:
+  """The split generated whole in memory; streaming it exercises that path."""
+
+  def __init__(self, data_config, split: str, num_classes: int):
+    self.images, self.labels = load(data_config, split, num_classes)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def read(self, i):
+    return self.images[i], self.labels[i], None
+
+  def name(self, i):
+    return f'synthetic[{i}]'
+
+  def read_all(self):
+    return self.images, self.labels
+
+
 def class_names(data_config) -> tuple[str, ...]:
   return ()  # The caller names them class_K from model.num_classes.

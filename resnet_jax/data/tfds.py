@@ -49,49 +49,86 @@ def class_names(data_config) -> tuple[str, ...]:
   return tuple(builder.info.features[label_key].names)
 
 
-def load(data_config, split: str, num_classes: int):
-  """Decodes a whole split into uint8 (N, S, S, 3) and int32 labels."""
-  builder, where, tfds_split, image_key, label_key = _open(
-      data_config, split, num_classes)
-  size = data_config.image_size
-  folder.check_memory_budget(f'{where} split {tfds_split}',
-                             builder.info.splits[tfds_split].num_examples,
-                             data_config)
-  encoded, labels = _read_encoded(builder, tfds_split, image_key, label_key)
-  images, ok = folder.decode_files(
-      encoded, size, data_config.decode_threads, data_config.skip_corrupt,
-      names=[f'{where} {tfds_split}[{i}]' for i in range(len(encoded))])
-  labels = np.asarray(labels, np.int32)[ok]
-  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-  if bad.size:
-    raise DataError(f'{where} {tfds_split}: example {bad[0]} has label '
-                    f'{labels[bad[0]]}, outside 0..{num_classes - 1}')
-  return images[ok], labels
+class Reader:
+  """A split's encoded examples, decoded on demand (the source's Reader).
 
-
-def num_examples(data_config, split: str, num_classes: int) -> int:
-  builder, _, tfds_split, _, _ = _open(data_config, split, num_classes)
-  return builder.info.splits[tfds_split].num_examples
-
-
-def data_source(data_config, split: str, num_classes: int):
-  """A random-access source of the split's encoded examples, for streaming.
-
-  Returns (source, image_key, label_key, name): source[i] is a dict with the
-  undecoded image bytes; name prefixes an example's index in messages.
+  read(i) needs random access, so a dataset prepared as array_record;
+  read_all reads any prepared format.
   """
-  builder, where, tfds_split, image_key, label_key = _open(
-      data_config, split, num_classes)
-  decoders = {image_key: _import_tfds().decode.SkipDecoding()}
-  try:
-    source = builder.as_data_source(split=tfds_split, decoders=decoders)
-  except NotImplementedError:
-    raise DataError(
-        f'{where} is prepared as {builder.info.file_format.value}, which '
-        'cannot be read with random access: streaming needs array_record '
-        '(move that folder away and rerun to prepare it again), or set '
-        '--config.data.streaming=off') from None
-  return source, image_key, label_key, f'{where} {tfds_split}'
+
+  def __init__(self, data_config, split: str, num_classes: int):
+    (self.builder, self.dataset, self.split, self.image_key,
+     self.label_key) = _open(data_config, split, num_classes)
+    self.data_config = data_config
+
+  def __len__(self):  # From the metadata: opens no data file.
+    return self.builder.info.splits[self.split].num_examples
+
+  def read(self, i):
+    example = self._source[i]
+    image, error = folder.try_decode(example[self.image_key],
+                                     self.data_config.image_size)
+    return image, int(example[self.label_key]), error
+
+  def name(self, i):
+    return f'{self.dataset} {self.split}[{i}]'
+
+  def read_all(self):
+    """Every readable example: encoded bytes read in bulk, then decoded in a
+    thread pool."""
+    config = self.data_config
+    folder.check_memory_budget(f'{self.dataset} split {self.split}', len(self),
+                               config)
+    encoded, labels = self._read_encoded()
+    images, ok = folder.decode_files(
+        encoded, config.image_size, config.decode_threads, config.skip_corrupt,
+        names=[self.name(i) for i in range(len(encoded))])
+    return images[ok], np.asarray(labels, np.int32)[ok]
+
+  @functools.cached_property
+  def _source(self):
+    source = self._random_access()
+    if source is None:
+      raise DataError(
+          f'{self.dataset} is prepared as '
+          f'{self.builder.info.file_format.value}, which cannot be read with '
+          'random access: streaming needs array_record (move that folder away '
+          'and rerun to prepare it again), or set '
+          '--config.data.streaming=off')
+    return source
+
+  def _random_access(self):
+    """The split's array_record data source, or None in another format."""
+    decoders = {self.image_key: _import_tfds().decode.SkipDecoding()}
+    try:
+      return self.builder.as_data_source(split=self.split, decoders=decoders)
+    except NotImplementedError:
+      return None
+
+  def _read_encoded(self):
+    """The split's encoded image bytes and labels, without decoding."""
+    source = self._random_access()
+    if source is None:  # Not array_record: tf.data reads it.
+      examples = self._read_with_tensorflow()
+    else:
+      examples = []
+      for start in range(0, len(source), 4096):
+        examples += source.__getitems__(
+            range(start, min(start + 4096, len(source))))
+    return ([e[self.image_key] for e in examples],
+            [int(e[self.label_key]) for e in examples])
+
+  def _read_with_tensorflow(self):
+    if importlib.util.find_spec('tensorflow') is None:
+      raise DataError(
+          f'{self.dataset} is prepared as '
+          f'{self.builder.info.file_format.value}, which needs TensorFlow to '
+          "read: pip install -e '.[tfds-prepare]', or prepare it again in "
+          'array_record (move that folder away and rerun)')
+    tfds = _import_tfds()
+    decoders = {self.image_key: tfds.decode.SkipDecoding()}
+    return list(tfds.as_numpy(self.builder.as_dataset(split=self.split,
+                                                      decoders=decoders)))
 
 
 def _open(data_config, split, num_classes):
@@ -109,30 +146,6 @@ def _open(data_config, split, num_classes):
                     f'is {num_classes}: pass --config.model.num_classes='
                     f'{len(names)}')
   return builder, where, tfds_split, image_key, label_key
-
-
-def _read_encoded(builder, split, image_key, label_key):
-  """The split's encoded image bytes and labels, without decoding."""
-  tfds = _import_tfds()
-  decoders = {image_key: tfds.decode.SkipDecoding()}
-  try:
-    source = builder.as_data_source(split=split, decoders=decoders)
-  except NotImplementedError:  # Not array_record: tf.data reads it.
-    if importlib.util.find_spec('tensorflow') is None:
-      raise DataError(
-          f'TFDS {builder.info.full_name} in {builder.data_dir} is prepared as '
-          f'{builder.info.file_format.value}, which needs TensorFlow to read: '
-          "pip install -e '.[tfds-prepare]', or prepare it again in "
-          'array_record (move that folder away and rerun)') from None
-    dataset = builder.as_dataset(split=split, decoders=decoders)
-    examples = list(tfds.as_numpy(dataset))
-  else:
-    examples = []
-    for start in range(0, len(source), 4096):
-      examples += source.__getitems__(
-          range(start, min(start + 4096, len(source))))
-  return ([e[image_key] for e in examples],
-          [int(e[label_key]) for e in examples])
 
 
 def _import_tfds():
