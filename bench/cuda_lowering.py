@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import config as config_lib
-from resnet_jax import train
+from resnet_jax import inference, models, train
 
 # Custom calls that only carry sharding annotations (no kernel).
 SHARDING_CALLS = {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}
@@ -88,11 +88,12 @@ def lower_case(members, dtype, shard_members, platform='cuda'):
   # What train.py builds when jax.default_backend() is 'gpu'.
   with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
     mesh = train.create_mesh(shard_members)
-    model = train.create_model(config)
+    model = models.from_config(config)
     state = jax.eval_shape(lambda: train.create_train_state(config, model,
                                                              mesh))
     train_fn = train.make_train_fn(config, mesh, ((0.5,) * 3, (0.25,) * 3))
-    eval_fn = train.make_eval_fn(((0.5,) * 3, (0.25,) * 3), flip=True)
+    eval_fn = inference.make_eval_fn(((0.5,) * 3, (0.25,) * 3), mesh,
+                                     flip=True)
   state = structs(state, train.member_sharding(mesh))
   images = jax.ShapeDtypeStruct((1024, 32, 32, 3), jnp.uint8,
                                 sharding=NamedSharding(mesh, P()))
@@ -111,7 +112,7 @@ def lower_case(members, dtype, shard_members, platform='cuda'):
   for name, fn, args in (
       ('train_step', train_fn, (state, {'image': images, 'label': labels},
                                 active)),
-      ('eval_step', eval_fn, (state, eval_data))):
+      ('eval_step', eval_fn, (inference.members_of(state), eval_data))):
     exported = jax.export.export(fn, platforms=[platform])(*args)
     out[name] = report(exported.mlir_module(), exported)
   return out

@@ -26,7 +26,7 @@ DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
 def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0):
   """(images/s of all members together, compile s) of the real step."""
   import jax
-  from resnet_jax import config as config_lib, data, train
+  from resnet_jax import config as config_lib, data, models, train
   config = config_lib.base_config()
   config.model.num_layers = n
   config.data.source = 'synthetic'
@@ -38,7 +38,8 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0):
   split = data.load_splits(config, ('train',))['train']
   train_data = train.put_replicated(
       {'image': split.images, 'label': split.labels}, mesh)
-  state = train.create_train_state(config, train.create_model(config), mesh)
+  state = train.create_train_state(config, models.from_config(config),
+                                   mesh)
   step = train.make_train_fn(config, mesh, data.channel_stats(split.images))
   start = time.perf_counter()
   state, metrics = step(state, train_data)

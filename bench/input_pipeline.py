@@ -45,7 +45,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
-from resnet_jax import data, train  # pylint: disable=wrong-import-position
+from resnet_jax import data, models, train  # pylint: disable=wrong-import-position
 from resnet_jax.data import augment, cifar10_binary, folder, stream, synthetic  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,7 +237,7 @@ def main():
                args.pipeline_steps * args.batch_size / seconds,
                f'batch {args.batch_size}'))
 
-  model = train.create_model(config)
+  model = models.from_config(config)
   state = train.create_train_state(config, model, mesh)
   train_fn = train.make_train_fn(config, mesh, normalization)
   state, metrics = train_fn(state, train_data)  # Compiles.

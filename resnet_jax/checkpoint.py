@@ -10,9 +10,9 @@ save that fails or is killed leaves every earlier checkpoint readable, and
 the run ends with one error line (SaveError). An unreadable step found on
 resume is moved to WORKDIR/corrupt_checkpoints/, never deleted.
 
-The train state holds every member, stacked on a leading axis. Checkpoints
-written before runs had members (no 'members' in the record, no member
-axis) restore as a run of one member, for inference or to resume.
+The train state holds every member, stacked on a leading axis. A
+checkpoint written before runs had members (no 'members' in its record) is
+refused with one error line; the shipped ones were re-saved.
 """
 import os
 import sys
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax import config as config_lib
+from resnet_jax import optim
 from resnet_jax.errors import CheckpointError
 
 SELECTIONS = ('best', 'best_loss', 'latest')
@@ -77,23 +78,13 @@ def with_frozen(meta: dict, frozen) -> dict:
                               for m, f in zip(meta['members'], frozen)]}
 
 
-def members(meta: dict) -> list[dict]:
-  """The checkpoint's members; a single-member record for an older one."""
-  if 'members' in meta:
-    return meta['members']
-  config = meta.get('config', {})
-  train = config.get('train', {})
-  return [{'seed': config.get('seed'), 'learning_rate': train.get('learning_rate'),
-           'weight_decay': train.get('weight_decay'), 'frozen': False}]
-
-
 def check_members(meta: dict, config, directory: str, step: int):
   """Refuses to resume a checkpoint written for another number of members.
 
   Their learning rates and weight decays, like every optimizer setting, may
   change on resume: the config's apply from there on.
   """
-  saved, expected = len(members(meta)), len(config_lib.members(config))
+  saved, expected = len(meta['members']), len(config_lib.members(config))
   if saved != expected:
     raise CheckpointError(
         f'checkpoint {step} in {directory} holds {saved} member(s), the '
@@ -168,12 +159,18 @@ def select_step(manager, which: str) -> int:
 
 
 def restore_meta(manager, step: int, config) -> dict:
-  """Reads a checkpoint's JSON record; refuses another architecture."""
+  """Reads a checkpoint's JSON record; refuses another architecture and a
+  checkpoint older than members."""
   try:
     meta = manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
   except Exception as e:  # Orbax raises several types for missing files.
     raise _corrupt(manager, step, e) from None
+  if 'members' not in meta:
+    raise CheckpointError(
+        f'checkpoint {step} in {manager.directory} was written before runs '
+        'had members, a format this version no longer reads; restore it '
+        'with resnet_jax 0a73b07 or earlier and save it again')
   expected = architecture(config)
   saved = meta.get('architecture', {})
   diffs = [f'{k}={saved.get(k)!r} (config: {v!r})'
@@ -206,8 +203,8 @@ def restore_state(manager, step: int, target):
 
 
 def restore_variables(manager, step: int, sharding):
-  """Restores only params and batch_stats, whatever the optimizer was, as
-  saved (with a member axis unless the checkpoint predates members)."""
+  """Restores only params and batch_stats (with their member axis),
+  whatever the optimizer was."""
   saved = _state_metadata(manager, step)
   try:
     target = jax.tree.map(
@@ -232,6 +229,45 @@ def _state_metadata(manager, step: int):
   if not saved:  # Orbax returns None when the metadata file is gone.
     raise _corrupt(manager, step, FileNotFoundError('no state metadata'))
   return saved
+
+
+def restore_or_init(manager, config, state, workdir):
+  """(state, step, meta) of the newest intact checkpoint, else (state, 0,
+  None).
+
+  Unreadable checkpoints are moved aside (newest_intact). A readable one
+  written for another architecture, optimizer or number of members is an
+  error. The config's learning rates and weight decays apply from here on.
+  """
+  def restore(manager, step):
+    meta = restore_meta(manager, step, config)
+    check_members(meta, config, manager.directory, step)
+    return restore_state(manager, step, state), meta
+
+  found = newest_intact(manager, workdir, restore)
+  if found is None:
+    return state, 0, None
+  step, (restored, meta) = found
+  if jax.process_index() == 0:
+    print(f'Resuming from step {step} in {manager.directory}')
+  hyperparams = state.opt_state.hyperparams
+  state = restored.replace(opt_state=optim.with_hyperparams(
+      restored.opt_state, hyperparams['learning_rate'],
+      hyperparams['weight_decay']))
+  return state, step, meta
+
+
+def archive_previous_run(workdir: str) -> str:
+  """Moves a workdir's contents to WORKDIR/archive-TIME/: a fresh start that
+  deletes nothing."""
+  names = [n for n in os.listdir(workdir) if not n.startswith('archive-')]
+  target = os.path.join(workdir, f'archive-{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0 and names:
+    os.makedirs(target)
+    for name in names:
+      os.rename(os.path.join(workdir, name), os.path.join(target, name))
+  multihost_sync('archive')
+  return target
 
 
 def newest_intact(manager, workdir: str, restore):

@@ -11,7 +11,7 @@ from resnet_jax.models import MODELS, SHORTCUTS
 from resnet_jax.errors import ConfigError
 
 CHOICES = {
-    'model.name': MODELS,
+    'model.name': tuple(MODELS),
     'model.shortcut': SHORTCUTS,
     'model.conv_impl': CONV_IMPLS,
     'data.source': tuple(SOURCES),

@@ -12,7 +12,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, evaluate, predict, reporting, train
+from resnet_jax import checkpoint, evaluate, predict, preemption, reporting
+from resnet_jax import train
 from resnet_jax.errors import UserError, exit_with
 
 MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
@@ -135,7 +136,7 @@ def main(argv):
     os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
     exit_with(str(e))
-  except train.Interrupted as e:
+  except preemption.Interrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
 

@@ -10,7 +10,8 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-MODELS = ('resnet', 'cnn')
+from resnet_jax import cpu_conv
+
 SHORTCUTS = ('conv', 'zeropad')
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -82,12 +83,32 @@ def create_model(model_config, dtype=jnp.float32,
   if model_config.name not in MODELS:
     raise ValueError(f'unknown model.name {model_config.name!r}; '
                      f'choose one of {", ".join(MODELS)}')
-  shortcut = None
-  if model_config.name == 'resnet':
-    if model_config.shortcut not in SHORTCUTS:
-      raise ValueError(f'unknown model.shortcut {model_config.shortcut!r}; '
-                       f'choose one of {", ".join(SHORTCUTS)}')
-    shortcut = model_config.shortcut
+  return MODELS[model_config.name](model_config, dtype=dtype,
+                                   conv_general_dilated=conv_general_dilated)
+
+
+def resnet(model_config, **kwargs) -> nn.Module:
+  if model_config.shortcut not in SHORTCUTS:
+    raise ValueError(f'unknown model.shortcut {model_config.shortcut!r}; '
+                     f'choose one of {", ".join(SHORTCUTS)}')
   return ResNet(num_layers=model_config.num_layers,
-                num_classes=model_config.num_classes, shortcut=shortcut,
-                dtype=dtype, conv_general_dilated=conv_general_dilated)
+                num_classes=model_config.num_classes,
+                shortcut=model_config.shortcut, **kwargs)
+
+
+def plain_cnn(model_config, **kwargs) -> nn.Module:
+  return ResNet(num_layers=model_config.num_layers,
+                num_classes=model_config.num_classes, shortcut=None, **kwargs)
+
+
+# The registry: model.name -> builder(model_config, dtype=...,
+# conv_general_dilated=...). config.py's choices of model.name come from it.
+MODELS = {'resnet': resnet, 'cnn': plain_cnn}
+
+
+def from_config(config) -> nn.Module:
+  """The model of a run's config: architecture, compute dtype and the
+  convolution implementation (model.conv_impl)."""
+  return create_model(
+      config.model, dtype=jnp.dtype(config.train.dtype),
+      conv_general_dilated=cpu_conv.select_conv(config.model.conv_impl))

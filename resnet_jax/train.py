@@ -1,4 +1,4 @@
-"""Train state, the jitted train and eval steps, and the training loop.
+"""Train state, the jitted train step and the training loop.
 
 A run trains one or more members (config.members: seeds and swept learning
 rates and weight decays) together: their train states are stacked on a
@@ -9,59 +9,33 @@ Everything random is derived from (member's seed, step): the batch order
 from the epoch, the augmentation from the step. A checkpoint therefore needs
 only the train state to resume exactly. A dataset that fits memory lives on the
 devices and each step samples its batch there; a larger one is streamed
-(data/stream.py), batch by batch in the same order. What the loop reports
-and its divergence policy are in progress.py; checkpoints in checkpoint.py.
+(data/stream.py), batch by batch in the same order. Validation is
+inference.py's; what the loop reports and its divergence policy are in
+progress.py; stopping on a signal in preemption.py; checkpoints, restore
+included, in checkpoint.py.
 """
 import functools
 import itertools
-import math
 import os
-import signal
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training import train_state
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import checkpoint, cpu_conv, data, models, optim, progress
-from resnet_jax import reporting
+from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
+from resnet_jax import preemption, progress, reporting
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment, folder, stream
 from resnet_jax.errors import ConfigError
+from resnet_jax.mesh import create_mesh, member_sharding, put_replicated
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-
-
-def create_mesh(shard_members: bool = False) -> jax.sharding.Mesh:
-  """A mesh over every device, axes ('members', 'data').
-
-  By default the batch is split along 'data' and every device holds every
-  member ('members' has size 1); with `shard_members` (train.shard_members)
-  the member axis is split instead and each device trains whole members.
-  """
-  devices = jax.device_count()
-  shape = (devices, 1) if shard_members else (1, devices)
-  # Auto axes: XLA propagates shardings from the constraints we place.
-  return jax.make_mesh(shape, ('members', 'data'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
-def member_sharding(mesh) -> NamedSharding:
-  """Stacked members (train state): the leading axis along 'members'."""
-  return NamedSharding(mesh, P('members'))
-
-
-def create_model(config):
-  return models.create_model(
-      config.model, dtype=jnp.dtype(config.train.dtype),
-      conv_general_dilated=cpu_conv.select_conv(config.model.conv_impl))
 
 
 def create_train_state(config, model, mesh) -> TrainState:
@@ -101,12 +75,6 @@ def member_keys(config):
   return keys[:, 0], keys[:, 1]
 
 
-def cross_entropy(logits, labels, label_smoothing=0.0):
-  targets = optax.smooth_labels(
-      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def train_step(state, batch, rng, *, normalization, label_smoothing,
                train_config):
   """One member's SGD step on a batch of uint8 images: augment, forward,
@@ -118,7 +86,8 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'])
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    loss = inference.cross_entropy(logits, batch['label'],
+                                   label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -138,26 +107,6 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
                                            state.step),
   }
   return new_state, metrics
-
-
-def eval_step(state, batch, *, normalization, flip=False):
-  """(sums of loss and correct predictions over the unmasked examples, logits).
-
-  With `flip`, the logits are the mean of the image's and its mirror's.
-  """
-  images = augment.normalize(batch['image'], *normalization)
-  forward = lambda images: state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, images,
-      train=False)
-  logits = forward(images)
-  if flip:
-    logits = (logits + forward(images[:, :, ::-1])) / 2
-  loss = cross_entropy(logits, batch['label'])
-  correct = jnp.argmax(logits, -1) == batch['label']
-  mask = batch['mask']
-  sums = {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
-          'count': jnp.sum(mask)}
-  return sums, logits
 
 
 def sample_batch(train_data, step, order_key, batch_size):
@@ -227,165 +176,6 @@ def make_train_fn(config, mesh, normalization, streamed=False):
                      config.model.conv_impl))
 
 
-def make_eval_fn(normalization, flip=False):
-  """Jitted (state, eval_data) -> each member's sums (members,), scanning
-  over the padded chunks."""
-
-  def eval_fn(state, eval_data):
-    def body(totals, batch):
-      sums, _ = eval_step(state, batch, normalization=normalization,
-                          flip=flip)
-      return jax.tree.map(jnp.add, totals, sums), None
-    zeros = {'loss': 0.0, 'correct': 0, 'count': 0}
-    zeros = jax.tree.map(jnp.asarray, zeros)
-    return jax.lax.scan(body, zeros, eval_data)[0]
-
-  return jax.jit(jax.vmap(eval_fn, in_axes=(0, None)))
-
-
-def put_replicated(arrays: dict, mesh):
-  """Host arrays to every device (each process holds the whole array)."""
-  sharding = NamedSharding(mesh, P())
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-          for k, v in arrays.items()}
-
-
-def put_eval_chunks(split: data.Split, batch_size: int, mesh):
-  """Pads a split to whole batches, (chunks, batch, ...), batch-sharded.
-
-  Padding is masked out, so every example counts exactly once.
-  """
-  num_devices = mesh.devices.size
-  batch_size = min(batch_size, len(split))
-  batch_size = math.ceil(batch_size / num_devices) * num_devices
-  chunks = math.ceil(len(split) / batch_size)
-  arrays = data.padded(split, chunks * batch_size)
-  sharding = NamedSharding(mesh, P(None, 'data'))
-  out = {}
-  for k, v in arrays.items():
-    v = v.reshape(chunks, batch_size, *v.shape[1:])
-    out[k] = jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-  return out
-
-
-def evaluate(eval_fn, state, eval_data) -> dict:
-  return member_metrics(jax.device_get(eval_fn(state, eval_data)))
-
-
-def member_metrics(sums) -> dict:
-  """From each member's sums: the members' mean loss and accuracy, and the
-  lists `member_loss` and `member_accuracy`."""
-  count = int(np.asarray(sums['count']).reshape(-1)[0])
-  losses = np.asarray(sums['loss'], np.float64).reshape(-1) / count
-  accuracies = np.asarray(sums['correct'], np.float64).reshape(-1) / count
-  return {'loss': float(np.mean(losses)),
-          'accuracy': float(np.mean(accuracies)), 'num_examples': count,
-          'member_loss': losses.tolist(),
-          'member_accuracy': accuracies.tolist()}
-
-
-class Interrupted(Exception):
-  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
-
-  def __init__(self, signum: int, step: int, directory: str):
-    self.signum = signum
-    super().__init__(f'stopped by {signal.Signals(signum).name} at step {step}; '
-                     f'checkpoint saved in {directory}; rerun the same command '
-                     'to resume')
-
-
-class StopSignals:
-  """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop polls."""
-
-  def __enter__(self):
-    self.signum = 0
-    self._previous = {s: signal.signal(s, self._handle)
-                      for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-
-  def any_process_stopping(self) -> int:
-    """The signal if this or any other process got one (a collective)."""
-    if jax.process_count() == 1:
-      return self.signum
-    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
-
-
-def restore_or_init(manager, config, state, workdir):
-  """(state, step, meta) of the newest intact checkpoint, else (state, 0,
-  None).
-
-  Unreadable checkpoints are moved aside (checkpoint.newest_intact). A
-  readable one written for another architecture, optimizer or number of
-  members is an error; one written before runs had members resumes as a run
-  of one.
-  """
-  def restore(manager, step):
-    meta = checkpoint.restore_meta(manager, step, config)
-    checkpoint.check_members(meta, config, manager.directory, step)
-    restored = (checkpoint.restore_state(manager, step, state)
-                if 'members' in meta else
-                restore_single_model(manager, step, state))
-    return restored, meta
-
-  found = checkpoint.newest_intact(manager, workdir, restore)
-  if found is None:
-    return state, 0, None
-  step, (restored, meta) = found
-  if jax.process_index() == 0:
-    print(f'Resuming from step {step} in {manager.directory}')
-  # The config's learning rates and weight decays apply from here on.
-  hyperparams = state.opt_state.hyperparams
-  state = restored.replace(opt_state=optim.with_hyperparams(
-      restored.opt_state, hyperparams['learning_rate'],
-      hyperparams['weight_decay']))
-  return state, step, meta
-
-
-def restore_single_model(manager, step: int, state):
-  """`state` (one member) from a checkpoint written before runs had members:
-  no member axis, and an optimizer state without the injected
-  hyperparameters. The config's learning rate and weight decay fill those."""
-  mesh = jax.tree.leaves(state.params)[0].sharding.mesh
-  replicated = NamedSharding(mesh, P())
-  target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=replicated),
-      state.replace(opt_state=state.opt_state.inner_state))
-  saved = checkpoint.restore_state(manager, step, target)
-
-  def add_member_axis(saved, state):
-    stack = lambda tree: jax.tree.map(lambda x: x[None], tree)
-    opt_state = state.opt_state._replace(
-        count=jnp.full_like(state.opt_state.count, saved.step),
-        inner_state=stack(saved.opt_state))
-    return state.replace(step=stack(saved.step), params=stack(saved.params),
-                         batch_stats=stack(saved.batch_stats),
-                         opt_state=opt_state)
-
-  return jax.jit(add_member_axis, out_shardings=member_sharding(mesh))(
-      saved, state)
-
-
-def archive_previous_run(workdir: str) -> str:
-  """Moves a workdir's contents to WORKDIR/archive-TIME/: a fresh start that
-  deletes nothing."""
-  names = [n for n in os.listdir(workdir) if not n.startswith('archive-')]
-  target = os.path.join(workdir, f'archive-{time.strftime("%Y%m%d-%H%M%S")}')
-  if jax.process_index() == 0 and names:
-    os.makedirs(target)
-    for name in names:
-      os.rename(os.path.join(workdir, name), os.path.join(target, name))
-  checkpoint.multihost_sync('archive')
-  return target
-
-
 def load_train_val(config, streamed: bool):
   """(splits, normalization) of 'train' and 'val'.
 
@@ -421,14 +211,14 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
         {'image': splits['train'].images, 'label': splits['train'].labels},
         mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
-  eval_fn = make_eval_fn(normalization, config.train.eval_flip)
-  batch_size = config.train.eval_batch_size
-  if isinstance(splits['val'], data.Split):
-    val_data = put_eval_chunks(splits['val'], batch_size, mesh)
-    run_eval = lambda state: evaluate(eval_fn, state, val_data)
-  else:
-    run_eval = lambda state: member_metrics(stream.evaluate(
-        eval_fn, state, splits['val'], batch_size, mesh))
+  eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
+
+  def run_eval(state):
+    sums = inference.run(eval_fn, inference.members_of(state), splits['val'],
+                         config.train.eval_batch_size, mesh,
+                         keep_probabilities=False)[0]
+    return inference.metrics(sums)
+
   return train_inputs, train_fn, run_eval
 
 
@@ -463,16 +253,18 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   streamed = stream.should_stream(config)
   splits, normalization = load_train_val(config, streamed)
   class_names = data.class_names(config)
-  model = create_model(config)
+  model = models.from_config(config)
   state = create_train_state(config, model, mesh)
 
   if restart and os.path.isdir(workdir):
-    print(f'--restart: moved the previous run to {archive_previous_run(workdir)}')
+    print('--restart: moved the previous run to '
+          f'{checkpoint.archive_previous_run(workdir)}')
   manager = checkpoint.create_manager(workdir)
   meta = checkpoint.make_meta(config, normalization, class_names)
-  state, start, restored = restore_or_init(manager, config, state, workdir)
+  state, start, restored = checkpoint.restore_or_init(manager, config, state,
+                                                      workdir)
   active = np.array([not m.get('frozen', False)
-                     for m in checkpoint.members(restored or meta)])
+                     for m in (restored or meta)['members']])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -489,7 +281,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   end = min(config.train.steps, stop_at_step or config.train.steps)
   pending, val, saved_step = [], {}, start
   try:
-    with StopSignals() as signals:
+    with preemption.StopSignals() as signals:
       for step in range(start + 1, end + 1):
         state, metrics = train_fn(state, next(train_inputs), active)
         active = metrics['active']
@@ -516,7 +308,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
         if signum and step < end:
           if saved_step != step:
             checkpoint.save(manager, step, state, meta_now())
-          raise Interrupted(signum, step, manager.directory)
+          raise preemption.Interrupted(signum, step, manager.directory)
   finally:  # Whatever stops the loop, pending saves complete.
     log.close()
     if streamed:

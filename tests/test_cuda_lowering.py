@@ -51,8 +51,9 @@ def test_batch_and_members_are_sharded_as_intended(lowered):
     assert train['mesh'] == [mesh] and evaluate['mesh'] == [mesh]
     for report in (train, evaluate):
       state = {p: s for p, s in report['arg_shardings'].items()
-               if p.startswith('state.')}
-      # Every leaf of the state carries the member axis first.
+               if p.startswith(('state.', 'members.'))}
+      # Every leaf of the state (train) or of the members' variables (eval)
+      # carries the member axis first.
       assert len(state) > 100
       assert all(s.startswith('[{"members"}') for s in state.values()), state
     # The whole training set is on every device; each step's batch is split
@@ -68,6 +69,6 @@ def test_batch_and_members_are_sharded_as_intended(lowered):
         (f'[{{"members"}}, {batch}]', f'tensor<{members}x64xi32>')])
     # Validation chunks (chunks, batch, ...): the batch split over 'data'.
     chunks = {p: s for p, s in evaluate['arg_shardings'].items()
-              if p.startswith('eval_data')}
+              if p.startswith('chunks')}
     assert len(chunks) == 3
     assert all(s.startswith('[{}, {"data"}') for s in chunks.values()), chunks

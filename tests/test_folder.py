@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import cli_args, run_cli, tiny_config
-from resnet_jax import data, evaluate, predict, train
+from resnet_jax import data, evaluate, inference, train
 from resnet_jax.data import folder
 from resnet_jax.errors import DataError
 
@@ -233,7 +233,7 @@ def test_grayscale_folder_trains_a_one_channel_model(tmp_path):
                                   'train.eval_every': 4, 'train.warmup_steps': 1})
   train.train_and_evaluate(config, str(tmp_path / 'w'))
   mesh = train.create_mesh()
-  state, step, meta = predict.restore_for_inference(
+  state, step, meta = inference.restore(
       config, str(tmp_path / 'w'), 'latest', mesh)
   assert step == 4  # The stem convolution sees one channel:
   # (members, 3, 3, 1, 16): one member.

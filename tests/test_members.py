@@ -3,11 +3,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import cli_args, run_cli, tiny_config
+from conftest import cli_args, run_cli, snapshot, tiny_config
 from test_cli import assert_one_line_error
 from test_train import restore_params
-from resnet_jax import checkpoint, data, evaluate, predict, progress, reporting
-from resnet_jax import train
+from resnet_jax import checkpoint, data, evaluate, inference, models, predict
+from resnet_jax import progress, reporting, train
 from resnet_jax.errors import CheckpointError
 
 SHORT = {'train.steps': 6, 'train.eval_every': 6}
@@ -83,18 +83,18 @@ def test_multi_member_resume_matches_an_uninterrupted_run(tmp_path):
                              str(tmp_path / 'resumed'))
 
 
-def test_a_checkpoint_from_before_members_resumes_exactly(tmp_path):
-  """Older runs (pretrained/) saved one model without a member axis and an
-  optimizer state without injected hyperparameters: they resume."""
+def test_a_checkpoint_from_before_members_is_refused_untouched(tmp_path):
+  """Checkpoints written before runs had members (one model without a member
+  axis, no 'members' record) are no longer read: resuming and evaluating one
+  end with a CheckpointError naming it, and its files stay as they were."""
   config = tiny_config(**SHORT)
-  train.train_and_evaluate(config, str(tmp_path / 'straight'))
   old = str(tmp_path / 'old')
   train.train_and_evaluate(config, old, stop_at_step=3)
   # Rewrite checkpoint 3 as the code before members wrote it.
   manager = checkpoint.create_manager(old)
   mesh = train.create_mesh()
   state = checkpoint.restore_state(manager, 3, train.create_train_state(
-      config, train.create_model(config), mesh))
+      config, models.from_config(config), mesh))
   meta = checkpoint.restore_meta(manager, 3, config)
   del meta['members']
   single = member(state.replace(opt_state=state.opt_state.inner_state), 0)
@@ -103,13 +103,15 @@ def test_a_checkpoint_from_before_members_resumes_exactly(tmp_path):
                                                      'val_loss': 9.0})
   manager.wait_until_finished()
   manager.close()
-  saved = checkpoint.create_manager(old, read_only=True).item_metadata(3)
-  assert (saved['state']['params']['Dense_0']['bias'].shape
-          == single.params['Dense_0']['bias'].shape)  # No member axis.
-  train.train_and_evaluate(config, old)
-  _, a = restore_params(str(tmp_path / 'straight'))
-  _, b = restore_params(old)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
+  before = snapshot(old)
+  for action in (lambda: train.train_and_evaluate(config, old),
+                 lambda: evaluate.evaluate(config, old, 'latest', 'val')):
+    with pytest.raises(CheckpointError,
+                       match='checkpoint 3 .* written before runs had members'):
+      action()
+  after = snapshot(old)
+  assert {p: v for p, v in after.items() if '/checkpoints/' in p} == {
+      p: v for p, v in before.items() if '/checkpoints/' in p}
 
 
 def test_evaluate_reports_members_their_mean_and_the_ensemble(sweep_workdir):
@@ -119,15 +121,15 @@ def test_evaluate_reports_members_their_mean_and_the_ensemble(sweep_workdir):
           for m in report['members']] == [
               (0, 0.05, 5e-4), (1, 0.05, 5e-4), (0, 0.2, 5e-4), (1, 0.2, 5e-4)]
   mesh = train.create_mesh()
-  state, _, meta = predict.restore_for_inference(config, str(sweep_workdir),
-                                                 'latest', mesh)
-  split = predict.load_split(config, 'val')
+  state, _, meta = inference.restore(config, str(sweep_workdir), 'latest',
+                                     mesh)
+  split = inference.load_split(config, 'val')
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   probabilities = []
   for k, figures in enumerate(report['members']):
-    alone, _ = predict.select_member(state, meta, k)
-    metrics, p, _ = predict.predict_split(alone, split, normalization, 20,
-                                          mesh)
+    alone, _ = inference.select_member(state, meta, k)
+    metrics, p, _ = inference.predict_split(alone, split, normalization, 20,
+                                            mesh)
     assert figures['accuracy'] == pytest.approx(metrics['accuracy'], abs=1e-6)
     assert figures['loss'] == pytest.approx(metrics['loss'], rel=1e-5)
     probabilities.append(p)
@@ -231,7 +233,8 @@ def test_member_chunks_equal_the_all_vmapped_step():
   final = {}
   for chunk in (0, 1, 3):
     config.train.member_chunk = chunk
-    state = train.create_train_state(config, train.create_model(config), mesh)
+    state = train.create_train_state(config, models.from_config(config),
+                                     mesh)
     step = train.make_train_fn(config, mesh, normalization)
     for _ in range(3):
       state, metrics = step(state, train_data)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import cli_args, run_cli, tiny_config
-from resnet_jax import data, evaluate, predict, train
+from resnet_jax import data, evaluate, inference, predict, train
 from resnet_jax.errors import DataError
 
 
@@ -88,10 +88,10 @@ def test_predict_gives_sorted_top5_as_the_pipeline_decodes(
     assert 0 < sum(probabilities) <= 1 + 1e-6
     assert all(t['class'] == f'class_{t["label"]}' for t in r['top'])
   # A PNG of a validation image predicts as that image does in the split.
-  state, _, meta = predict.restore_for_inference(
+  state, _, meta = inference.restore(
       config, str(workdir), 'latest', train.create_mesh())
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  _, probabilities, _ = predict.predict_split(
+  _, probabilities, _ = inference.predict_split(
       state, val_split, normalization, 20, train.create_mesh())
   for n in (0, 1):
     top = first[n]['top'][0]
@@ -148,7 +148,7 @@ def test_evaluate_writes_confusion_matrix_and_per_class_accuracy(
     assert f'{row["class"]}  ' in out
     assert f'{row["correct"]}/{row["count"]}' in out
   with Image.open(folder / 'confusion_matrix.png') as image:
-    assert image.size == (700, 700)  # predict.confusion_figsize(10) at 100 dpi.
+    assert image.size == (700, 700)  # evaluate.confusion_figsize(10) at 100 dpi.
   assert sorted(p.name for p in (workdir / 'checkpoints').rglob('*')) == (
       checkpoints)
 

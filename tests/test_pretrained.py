@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA, REPO, run_cli
-from resnet_jax import data, predict, train
+from resnet_jax import data, inference, models, train
 from resnet_jax.errors import CheckpointError
 
 PRETRAINED = os.path.join(REPO, 'pretrained')
@@ -56,21 +56,21 @@ def test_every_shipped_run_has_a_threshold():
 @pytest.mark.parametrize('run', RUNS)
 def test_restores_with_its_architecture_and_refuses_another(run):
   config = load_config(run)
-  state, _, meta = predict.restore_for_inference(
+  state, _, meta = inference.restore(
       config, os.path.join(PRETRAINED, run), 'best', train.create_mesh())
   assert meta['class_names'] == CIFAR10_CLASSES
-  model = train.create_model(config)
+  model = models.from_config(config)
   expected = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
                         train=False)['params']
-  # Saved before runs had members: restored as one member, with its axis.
+  # One member, with its axis (resnet20_conv_fast was re-saved so).
   assert meta['members'] == [{'seed': 0, 'learning_rate': 0.1,
                               'weight_decay': 5e-4, 'frozen': False}]
   assert (jax.tree.map(np.shape, state.params)
           == jax.tree.map(lambda x: (1, *np.shape(x)), expected))
   config.model.shortcut = 'zeropad' if config.model.shortcut == 'conv' else 'conv'
   with pytest.raises(CheckpointError, match='another architecture'):
-    predict.restore_for_inference(config, os.path.join(PRETRAINED, run),
-                                  'best', train.create_mesh())
+    inference.restore(config, os.path.join(PRETRAINED, run), 'best',
+                      train.create_mesh())
 
 
 @pytest.mark.slow
@@ -80,10 +80,10 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
   config = load_config(run)
   folder = os.path.join(PRETRAINED, run)
   mesh = train.create_mesh()
-  state, _, meta = predict.restore_for_inference(config, folder, 'best', mesh)
+  state, _, meta = inference.restore(config, folder, 'best', mesh)
   val = data.load_splits(config, ('val',))['val']
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  metrics, probabilities, predictions = predict.predict_split(
+  metrics, probabilities, predictions = inference.predict_split(
       state, val, normalization, 1000, mesh, config.train.eval_flip)
   assert metrics['num_examples'] == 5000
   assert metrics['accuracy'] >= MIN_ACCURACY[run]

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error, snapshot
 from test_train import restore_params
-from resnet_jax import reporting, train
+from resnet_jax import models, reporting, train
 
 
 def start_cli(config, workdir, *extra):
@@ -123,7 +123,7 @@ def test_corrupt_checkpoint_is_skipped_on_resume_and_refused_by_evaluate(
 def test_non_finite_update_is_not_applied():
   config = tiny_config(**{'train.warmup_steps': 0})
   mesh = train.create_mesh()
-  model = train.create_model(config)
+  model = models.from_config(config)
   # Member 0 of the stacked state: train_step is one member's step.
   state = jax.tree.map(lambda x: x[0],
                        train.create_train_state(config, model, mesh))

@@ -166,7 +166,7 @@ def test_auto_counts_splits_without_reading_them(tmp_path, numbered_cifar):
 def test_evaluate_and_samples_stream_a_split_too_large_for_memory(tmp_path):
   """--mode=evaluate/samples on a test split over budget: read from disk in
   batches, with the in-memory metrics, confusion matrix and samples."""
-  from resnet_jax import evaluate, predict
+  from resnet_jax import evaluate, inference, predict
   root = make_folder(tmp_path / 'images', {'train': {'a': 20, 'b': 20},
                                            'test': {'a': 13, 'b': 14}})
   workdir = str(tmp_path / 'run')
@@ -174,7 +174,7 @@ def test_evaluate_and_samples_stream_a_split_too_large_for_memory(tmp_path):
   memory = folder_config(root, **{'data.streaming': 'off'})
   streamed = folder_config(root, **{'data.max_in_memory_gb': 1e-6})
   assert stream.should_stream_split(streamed, 'test')
-  assert isinstance(predict.load_split(streamed, 'test'), stream.StreamedSplit)
+  assert isinstance(inference.load_split(streamed, 'test'), stream.StreamedSplit)
   expected = evaluate.evaluate(memory, workdir, 'latest', 'test')
   with open(tmp_path / 'run' / 'eval' / f'test_step{expected["step"]}' /
             'per_class_accuracy.json') as f:

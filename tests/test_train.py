@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, cli_args, run_cli
-from resnet_jax import checkpoint, evaluate, optim, predict, reporting, train
+from resnet_jax import checkpoint, evaluate, inference, optim, reporting
+from resnet_jax import train
 
 
 def restore_params(workdir, which='latest'):
@@ -71,8 +72,7 @@ def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
   single = evaluate.evaluate(tiny_config(), str(tmp_path), 'latest', 'val')
   assert single['loss'] != pytest.approx(evaluated['loss'], rel=1e-5)
   mesh = train.create_mesh()
-  state = predict.restore_for_inference(config, str(tmp_path), 'latest',
-                                        mesh)[0]
+  state = inference.restore(config, str(tmp_path), 'latest', mesh)[0]
   # eval_step is one member's: the run's only member.
   state = state.replace(
       params=jax.tree.map(lambda x: x[0], state.params),
@@ -82,11 +82,11 @@ def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
            'mask': np.ones(4, np.float32)}
   mirrored = {**batch, 'image': images[:, :, ::-1]}
   norm = ([0.5] * 3, [0.25] * 3)
-  _, logits = train.eval_step(state, batch, normalization=norm, flip=True)
-  _, logits_m = train.eval_step(state, mirrored, normalization=norm, flip=True)
+  _, logits = inference.eval_step(state, batch, normalization=norm, flip=True)
+  _, logits_m = inference.eval_step(state, mirrored, normalization=norm, flip=True)
   np.testing.assert_allclose(logits, logits_m, rtol=1e-5, atol=1e-5)
-  _, plain = train.eval_step(state, batch, normalization=norm)
-  _, plain_m = train.eval_step(state, mirrored, normalization=norm)
+  _, plain = inference.eval_step(state, batch, normalization=norm)
+  _, plain_m = inference.eval_step(state, mirrored, normalization=norm)
   np.testing.assert_allclose(logits, (plain + plain_m) / 2, rtol=1e-5,
                              atol=1e-5)
   assert not np.allclose(plain, plain_m, rtol=1e-5, atol=1e-5)
