@@ -138,6 +138,8 @@ def test_a_kill_mid_download_leaves_no_dataset_and_a_rerun_completes(server):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not os.path.exists(server['target'])
+  left = [n for n in cache_entries(server) if n.startswith('.download-')]
+  assert len(left) == 1, left  # The killed download's temporary folder.
   server['state']['stall_after'] = None
   result = subprocess.run(fetch, cwd=REPO, env={**os.environ, **server['env']},
                           capture_output=True, text=True, timeout=120)
@@ -145,6 +147,7 @@ def test_a_kill_mid_download_leaves_no_dataset_and_a_rerun_completes(server):
   assert result.stdout.strip() == server['target']
   assert sorted(os.listdir(server['target'])) == [
       'batches.meta.txt', 'data_batch_1.bin', 'test_batch.bin']
+  assert cache_entries(server) == [download.FOLDER]  # The leftover is gone.
 
 
 def test_a_full_disk_is_a_one_line_error(server):
@@ -159,3 +162,45 @@ def test_a_full_disk_is_a_one_line_error(server):
   assert 'could not store CIFAR-10 in' in result.stdout, result.stderr
   assert 'File too large' in result.stdout
   assert not os.path.exists(server['target'])
+
+
+def readme_first_command() -> str:
+  """The python part of README's first command (after the venv set-up)."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    block = f.read().split('```bash\n', 1)[1].split('```', 1)[0]
+  line = next(l for l in block.splitlines() if l and not l.startswith('#'))
+  return line.split(' && ')[-1]
+
+
+@pytest.mark.slow
+def test_readme_first_command_runs_on_a_fresh_clone(server, tmp_path):
+  """A user's first hour: the repository alone in a new folder (nothing
+  beside it), the network replaced by the local server. README's first
+  command, shortened to 2 steps, downloads, verifies, trains and writes a
+  checkpoint."""
+  command = readme_first_command()
+  assert 'shared' not in command and 'data.dir' not in command, command
+  clone = tmp_path / 'new_folder' / 'resnet_jax'
+  files = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
+                         capture_output=True).stdout.decode().split('\0')
+  for name in filter(None, files):  # The working tree's tracked files.
+    source = os.path.join(REPO, name)
+    if os.path.isfile(source):
+      os.makedirs(clone / os.path.dirname(name), exist_ok=True)
+      with open(source, 'rb') as f:
+        (clone / name).write_bytes(f.read())
+  python, *args = command.split()
+  assert python == '.venv/bin/python', command
+  shorter = ['--config.train.steps=2', '--config.train.warmup_steps=1',
+             '--config.train.batch_size=8', '--config.train.eval_every=2',
+             '--config.train.eval_batch_size=10']
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run([sys.executable, *args, *shorter], cwd=clone,
+                          capture_output=True, text=True, timeout=600,
+                          env={**env, **server['env']})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert server['state']['requests'] == 1
+  assert cache_entries(server) == [download.FOLDER]
+  workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
+  assert os.listdir(clone / workdir / 'checkpoints') == ['2']
+  assert 'step 2: val_loss' in result.stdout + result.stderr

@@ -6,12 +6,14 @@ CACHE/cifar-10-batches-bin, CACHE being $RESNET_JAX_DATA or
 bar), checked against its published MD5 and extracted into a temporary
 folder that is renamed into place only when complete: a kill or a failure
 at any point leaves no folder that passes for the dataset, and the next run
-starts over. $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 point it at
+starts over, removing what a killed download on this host left behind. $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 point it at
 another copy (a mirror; the tests' local server).
 """
 import hashlib
 import http.client
 import os
+import shutil
+import socket
 import tarfile
 import tempfile
 import urllib.error
@@ -23,6 +25,7 @@ URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'  # Published on the CIFAR page.
 FOLDER = 'cifar-10-batches-bin'  # The archive's top folder.
 TIMEOUT_S = 60  # Per network read, not for the whole download.
+TEMPORARY = '.download-'  # Prefix of a download's temporary folder.
 
 
 def cache_dir() -> str:
@@ -43,7 +46,9 @@ def cifar10(download: bool = True) -> str:
                     f'{FOLDER} folder>, or allow the download')
   try:
     os.makedirs(cache, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix='.download-', dir=cache) as tmp:
+    _remove_abandoned(cache)
+    with tempfile.TemporaryDirectory(prefix=_temporary_prefix(),
+                                     dir=cache) as tmp:
       archive = os.path.join(tmp, os.path.basename(url) or 'cifar10.tar.gz')
       _fetch(url, archive)
       _check_md5(archive, os.environ.get('RESNET_JAX_CIFAR10_MD5', MD5), url)
@@ -57,6 +62,31 @@ def cifar10(download: bool = True) -> str:
     raise DataError(f'could not store CIFAR-10 in {cache}: '
                     f'{e.strerror or e}') from None
   return target
+
+
+def _temporary_prefix() -> str:
+  # Host and process in the name: only a dead process's folder is removed,
+  # never that of a download running elsewhere on a shared cache.
+  return f'{TEMPORARY}{socket.gethostname()}-{os.getpid()}-'
+
+
+def _remove_abandoned(cache: str):
+  """Removes the temporary folders of killed downloads on this host."""
+  ours = f'{TEMPORARY}{socket.gethostname()}-'
+  for name in os.listdir(cache):
+    pid = name[len(ours):].split('-', 1)[0] if name.startswith(ours) else ''
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(cache, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    return True
+  return True
 
 
 def _fetch(url: str, path: str):
