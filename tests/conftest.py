@@ -108,10 +108,13 @@ def run_cli(args, env=None, timeout=600):
                         timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def write_cifar_bin(path, images, labels):
-  """Writes records in the official layout: label byte, then R, G, B planes."""
+def write_cifar_bin(path, images, labels, coarse_labels=None):
+  """Writes records in the official layout: label byte, then R, G, B planes
+  (CIFAR-100: the coarse label byte before the fine one)."""
   planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
-  records = np.concatenate([np.asarray(labels, np.uint8)[:, None], planes], 1)
+  label_bytes = [labels] if coarse_labels is None else [coarse_labels, labels]
+  records = np.concatenate(
+      [np.asarray(label_bytes, np.uint8).T, planes], 1)
   records.tofile(path)
 
 

@@ -185,3 +185,40 @@ def test_normalize_uses_per_channel_statistics():
   images = np.full((1, 2, 2, 3), 255, np.uint8)
   out = augment.normalize(images, (0.5, 0.0, 1.0), (0.5, 1.0, 2.0))
   np.testing.assert_allclose(out[0, 0, 0], [1.0, 1.0, 0.0])
+
+
+def write_cifar100(folder, n, seed=0):
+  """CIFAR-100 records: coarse label, fine label, image; fine labels up to 99."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  fine = rng.integers(0, 100, n).astype(np.int32)
+  write_cifar_bin(folder, images, fine, coarse_labels=fine // 5)
+  return images, fine
+
+
+def test_cifar100_binary_classes_are_the_fine_labels(tmp_path):
+  root = tmp_path / 'cifar-100-binary'
+  root.mkdir()
+  images, fine = write_cifar100(root / 'train.bin', 20)
+  write_cifar100(root / 'test.bin', 4, seed=1)
+  (root / 'fine_label_names.txt').write_text(
+      '\n'.join(f'fine{k}' for k in range(100)) + '\n')
+  config = cifar_config(root, **{'data.source': 'cifar100_binary',
+                                 'model.num_classes': 100})
+  splits = data.load_splits(config, ('train', 'val', 'test'))
+  assert (len(splits['train']), len(splits['val']), len(splits['test'])) == (
+      15, 5, 4)
+  together = np.concatenate([splits['train'].labels, splits['val'].labels])
+  assert sorted(together) == sorted(fine)  # Not the coarse ones (fine // 5).
+  val = data.positions(20, 'val', config.data)
+  np.testing.assert_array_equal(splits['val'].images, images[val])
+  np.testing.assert_array_equal(splits['val'].labels, fine[val])
+  assert data.class_names(config)[7] == 'fine7'
+  streamed = stream.open_split(config, 'val').load()  # Same Reader, per example.
+  np.testing.assert_array_equal(streamed.images, splits['val'].images)
+  np.testing.assert_array_equal(streamed.labels, splits['val'].labels)
+  with pytest.raises(DataError, match='100 classes but model.num_classes is 10'):
+    data.class_names(cifar_config(root, **{'data.source': 'cifar100_binary'}))
+  (root / 'test.bin').write_bytes((root / 'test.bin').read_bytes()[:-1])
+  with pytest.raises(DataError, match='3074-byte CIFAR-100 record'):
+    data.load_splits(config, ('test',))

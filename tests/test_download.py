@@ -23,7 +23,7 @@ from resnet_jax.errors import DataError
 
 def make_archive(folder):
   """A cifar-10-binary.tar.gz of 40 train and 10 test records."""
-  root = folder / 'src' / download.FOLDER
+  root = folder / 'src' / download.CIFAR10.folder
   root.mkdir(parents=True)
   train, test = random_cifar(40, seed=1), random_cifar(10, seed=2)
   write_cifar_bin(root / 'data_batch_1.bin', *train)
@@ -32,7 +32,7 @@ def make_archive(folder):
       '\n'.join(f'class{k}' for k in range(10)) + '\n')
   buffer = io.BytesIO()
   with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
-    tar.add(root, arcname=download.FOLDER)
+    tar.add(root, arcname=download.CIFAR10.folder)
   return buffer.getvalue(), train
 
 
@@ -70,7 +70,7 @@ def server(tmp_path, monkeypatch):
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   yield {**state, 'state': state, 'env': env, 'train': train,
-         'target': os.path.join(env['RESNET_JAX_DATA'], download.FOLDER)}
+         'target': os.path.join(env['RESNET_JAX_DATA'], download.CIFAR10.folder)}
   httpd.shutdown()
 
 
@@ -84,14 +84,14 @@ def test_downloads_once_then_trains_from_the_cache(server):
                           'data.val_fraction': 0.25, 'data.image_size': 32})
   splits = data.load_splits(config, ['train', 'val', 'test'])
   assert server['state']['requests'] == 1
-  assert cache_entries(server) == [download.FOLDER]  # No temporary left.
+  assert cache_entries(server) == [download.CIFAR10.folder]  # No temporary left.
   images, labels = server['train']
   assert len(splits['train']) == 30 and len(splits['val']) == 10
   assert len(splits['test']) == 10
   together = np.concatenate([splits['train'].labels, splits['val'].labels])
   assert sorted(together) == sorted(labels)
   assert data.class_names(config)[0] == 'class0'
-  assert download.cifar10() == server['target']
+  assert download.fetch(download.CIFAR10) == server['target']
   assert server['state']['requests'] == 1  # Read from the cache.
   np.testing.assert_array_equal(
       np.sort(np.concatenate([splits['train'].images, splits['val'].images])
@@ -101,7 +101,7 @@ def test_downloads_once_then_trains_from_the_cache(server):
 def test_bad_checksum_keeps_nothing(server, monkeypatch):
   monkeypatch.setenv('RESNET_JAX_CIFAR10_MD5', '0' * 32)
   with pytest.raises(DataError, match='MD5 .*, expected 0{32}'):
-    download.cifar10()
+    download.fetch(download.CIFAR10)
   assert cache_entries(server) == []
 
 
@@ -109,13 +109,13 @@ def test_dropped_connection_and_no_network_are_one_line_errors(server,
                                                                  monkeypatch):
   server['state']['cut_at'] = 1000
   with pytest.raises(DataError, match='could not download CIFAR-10 from'):
-    download.cifar10()
+    download.fetch(download.CIFAR10)
   assert cache_entries(server) == []
   monkeypatch.setenv('RESNET_JAX_CIFAR10_URL', 'http://127.0.0.1:9/x.tar.gz')
   with pytest.raises(DataError, match='no network'):
-    download.cifar10()
+    download.fetch(download.CIFAR10)
   with pytest.raises(DataError, match='data.download=False'):
-    download.cifar10(download=False)
+    download.fetch(download.CIFAR10, download=False)
   server['state']['cut_at'] = None
   config = tiny_config(**{'data.source': 'cifar10_binary', 'data.dir': '',
                           'data.image_size': 32})
@@ -128,7 +128,7 @@ def test_dropped_connection_and_no_network_are_one_line_errors(server,
 def test_a_kill_mid_download_leaves_no_dataset_and_a_rerun_completes(server):
   server['state']['stall_after'] = 2000
   fetch = [sys.executable, '-c',
-           'from resnet_jax.data import download; print(download.cifar10())']
+           'from resnet_jax.data import download; print(download.fetch(download.CIFAR10))']
   proc = subprocess.Popen(fetch, cwd=REPO, env={**os.environ, **server['env']},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   deadline = time.time() + 60
@@ -147,7 +147,7 @@ def test_a_kill_mid_download_leaves_no_dataset_and_a_rerun_completes(server):
   assert result.stdout.strip() == server['target']
   assert sorted(os.listdir(server['target'])) == [
       'batches.meta.txt', 'data_batch_1.bin', 'test_batch.bin']
-  assert cache_entries(server) == [download.FOLDER]  # The leftover is gone.
+  assert cache_entries(server) == [download.CIFAR10.folder]  # The leftover is gone.
 
 
 def test_a_full_disk_is_a_one_line_error(server):
@@ -155,7 +155,7 @@ def test_a_full_disk_is_a_one_line_error(server):
   fetch = ['bash', '-c', 'ulimit -f 1 && exec "$@"', 'bash', sys.executable,
            '-c', 'from resnet_jax.data import download, cifar10_binary\n'
            'from resnet_jax.errors import DataError\n'
-           'try: download.cifar10()\n'
+           'try: download.fetch(download.CIFAR10)\n'
            'except DataError as e: print(e)']
   result = subprocess.run(fetch, cwd=REPO, env={**os.environ, **server['env']},
                           capture_output=True, text=True, timeout=120)
@@ -200,7 +200,37 @@ def test_readme_first_command_runs_on_a_fresh_clone(server, tmp_path):
                           env={**env, **server['env']})
   assert result.returncode == 0, result.stderr[-2000:]
   assert server['state']['requests'] == 1
-  assert cache_entries(server) == [download.FOLDER]
+  assert cache_entries(server) == [download.CIFAR10.folder]
   workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
   assert os.listdir(clone / workdir / 'checkpoints') == ['2']
   assert 'step 2: val_loss' in result.stdout + result.stderr
+
+
+def test_cifar100_downloads_into_its_own_folder(server, monkeypatch, tmp_path):
+  """cifar100_binary without data.dir: the CIFAR-100 archive (its own URL
+  and MD5 variables), cached beside CIFAR-10's, read with its fine labels."""
+  root = tmp_path / 'src100' / download.CIFAR100.folder
+  root.mkdir(parents=True)
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+  fine = rng.integers(0, 100, 20).astype(np.int32)
+  write_cifar_bin(root / 'train.bin', images, fine, coarse_labels=fine // 5)
+  buffer = io.BytesIO()
+  with tarfile.open(fileobj=buffer, mode='w:gz') as tar:
+    tar.add(root, arcname=download.CIFAR100.folder)
+  server['state']['body'] = buffer.getvalue()
+  monkeypatch.setenv('RESNET_JAX_CIFAR100_URL',
+                     server['env']['RESNET_JAX_CIFAR10_URL'])
+  monkeypatch.setenv('RESNET_JAX_CIFAR100_MD5',
+                     hashlib.md5(buffer.getvalue()).hexdigest())
+  config = tiny_config(**{'data.source': 'cifar100_binary', 'data.dir': '',
+                          'data.image_size': 32, 'model.num_classes': 100})
+  splits = data.load_splits(config, ['train', 'val'])
+  assert server['state']['requests'] == 1
+  assert cache_entries(server) == [download.CIFAR100.folder]
+  assert sorted(np.concatenate([splits['train'].labels, splits['val'].labels])
+                ) == sorted(fine)
+  assert data.class_names(config)[99] == 'class_99'  # No names file served.
+  monkeypatch.setenv('RESNET_JAX_CIFAR100_MD5', '0' * 32)
+  assert download.fetch(download.CIFAR100) == os.path.join(
+      server['env']['RESNET_JAX_DATA'], download.CIFAR100.folder)  # Cached.

@@ -33,11 +33,12 @@ import dataclasses
 
 import numpy as np
 
-from resnet_jax.data import cifar10_binary, folder, synthetic, tfds
+from resnet_jax.data import cifar10_binary, cifar100_binary, folder, synthetic
+from resnet_jax.data import tfds
 from resnet_jax.errors import DataError
 
-SOURCES = {'cifar10_binary': cifar10_binary, 'folder': folder, 'tfds': tfds,
-           'synthetic': synthetic}
+SOURCES = {'cifar10_binary': cifar10_binary, 'cifar100_binary': cifar100_binary,
+           'folder': folder, 'tfds': tfds, 'synthetic': synthetic}
 SPLITS = ('train', 'val', 'test')
 # The validation carve-out is fixed, so every seed and run sees the same one.
 VAL_SPLIT_SEED = 0

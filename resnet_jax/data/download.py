@@ -1,14 +1,17 @@
-"""CIFAR-10's official binary archive, downloaded once into a cache folder.
+"""CIFAR-10's and CIFAR-100's official binary archives, downloaded once into
+a cache folder.
 
-With data.source=cifar10_binary and no data.dir, the data comes from
-CACHE/cifar-10-batches-bin, CACHE being $RESNET_JAX_DATA or
-~/.cache/resnet_jax. On first use the archive is downloaded (with a progress
+With data.source=cifar10_binary (cifar100_binary) and no data.dir, the data
+comes from CACHE/cifar-10-batches-bin (CACHE/cifar-100-binary), CACHE being
+$RESNET_JAX_DATA or ~/.cache/resnet_jax. On first use the archive is downloaded (with a progress
 bar), checked against its published MD5 and extracted into a temporary
 folder that is renamed into place only when complete: a kill or a failure
 at any point leaves no folder that passes for the dataset, and the next run
-starts over, removing what a killed download on this host left behind. $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 point it at
-another copy (a mirror; the tests' local server).
+starts over, removing what a killed download on this host left behind.
+$RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 (CIFAR100 for CIFAR-100)
+point it at another copy (a mirror; the tests' local server).
 """
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -21,9 +24,26 @@ import urllib.request
 
 from resnet_jax.errors import DataError
 
-URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
-MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'  # Published on the CIFAR page.
-FOLDER = 'cifar-10-batches-bin'  # The archive's top folder.
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+  name: str  # In messages.
+  url: str
+  md5: str  # Published with it.
+  folder: str  # Its top folder, the dataset.
+  env: str  # $RESNET_JAX_{env}_URL and _MD5 override url and md5.
+
+
+# The MD5s are those published on the CIFAR page.
+CIFAR10 = Archive('CIFAR-10',
+                  'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
+                  'c32a1d4ab5d03f1284b67883e8d87530', 'cifar-10-batches-bin',
+                  'CIFAR10')
+CIFAR100 = Archive('CIFAR-100',
+                   'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
+                   '03b5dce01913d631647c71ecec9e9cb8', 'cifar-100-binary',
+                   'CIFAR100')
 TIMEOUT_S = 60  # Per network read, not for the whole download.
 TEMPORARY = '.download-'  # Prefix of a download's temporary folder.
 
@@ -33,33 +53,36 @@ def cache_dir() -> str:
           os.path.join(os.path.expanduser('~'), '.cache', 'resnet_jax'))
 
 
-def cifar10(download: bool = True) -> str:
-  """The cached CIFAR-10 folder, downloaded and extracted if absent."""
+def fetch(archive: Archive, download: bool = True) -> str:
+  """The cached dataset folder of `archive`, downloaded and extracted if
+  absent."""
   cache = cache_dir()
-  target = os.path.join(cache, FOLDER)
+  target = os.path.join(cache, archive.folder)
   if os.path.isdir(target):  # Only ever created whole, by a rename.
     return target
-  url = os.environ.get('RESNET_JAX_CIFAR10_URL', URL)
+  url = os.environ.get(f'RESNET_JAX_{archive.env}_URL', archive.url)
   if not download:
-    raise DataError(f'CIFAR-10 is not in {target} and data.download=False; '
-                    f'download {url} and pass --config.data.dir=<its '
-                    f'{FOLDER} folder>, or allow the download')
+    raise DataError(f'{archive.name} is not in {target} and '
+                    f'data.download=False; download {url} and pass '
+                    f'--config.data.dir=<its {archive.folder} folder>, or '
+                    'allow the download')
   try:
     os.makedirs(cache, exist_ok=True)
     _remove_abandoned(cache)
     with tempfile.TemporaryDirectory(prefix=_temporary_prefix(),
                                      dir=cache) as tmp:
-      archive = os.path.join(tmp, os.path.basename(url) or 'cifar10.tar.gz')
-      _fetch(url, archive)
-      _check_md5(archive, os.environ.get('RESNET_JAX_CIFAR10_MD5', MD5), url)
-      _extract(archive, tmp)
+      path = os.path.join(tmp, os.path.basename(url) or 'archive.tar.gz')
+      _fetch(url, path, archive)
+      _check_md5(path, os.environ.get(f'RESNET_JAX_{archive.env}_MD5',
+                                      archive.md5), url)
+      _extract(path, tmp, archive.folder)
       try:
-        os.rename(os.path.join(tmp, FOLDER), target)
+        os.rename(os.path.join(tmp, archive.folder), target)
       except OSError:
         if not os.path.isdir(target):  # Else another process was first.
           raise
   except OSError as e:  # A full disk, no permission.
-    raise DataError(f'could not store CIFAR-10 in {cache}: '
+    raise DataError(f'could not store {archive.name} in {cache}: '
                     f'{e.strerror or e}') from None
   return target
 
@@ -89,7 +112,7 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _fetch(url: str, path: str):
+def _fetch(url: str, path: str, archive: Archive):
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   try:
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, \
@@ -106,9 +129,10 @@ def _fetch(url: str, path: str):
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
           ConnectionError) as e:
     reason = getattr(e, 'reason', None) or e
-    raise DataError(f'could not download CIFAR-10 from {url}: {reason} (no '
-                    f'network? download it elsewhere and pass '
-                    f'--config.data.dir=<its {FOLDER} folder>)') from None
+    raise DataError(f'could not download {archive.name} from {url}: {reason} '
+                    f'(no network? download it elsewhere and pass '
+                    f'--config.data.dir=<its {archive.folder} folder>)'
+                    ) from None
 
 
 def _check_md5(path: str, expected: str, url: str):
@@ -122,12 +146,12 @@ def _check_md5(path: str, expected: str, url: str):
                     'run again to retry')
 
 
-def _extract(archive: str, into: str):
+def _extract(archive: str, into: str, folder: str):
   try:
     with tarfile.open(archive) as tar:
       tar.extractall(into, filter='data')
   except (tarfile.TarError, EOFError) as e:
     raise DataError(f'{archive}: not a readable tar.gz ({e})') from None
-  if not os.path.isdir(os.path.join(into, FOLDER)):
-    raise DataError(f'{archive} holds no {FOLDER}/ folder')
+  if not os.path.isdir(os.path.join(into, folder)):
+    raise DataError(f'{archive} holds no {folder}/ folder')
 
