@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import statistics
-import struct
 import sys
 import time
 
@@ -203,31 +202,6 @@ def tensorboard_tag(key: str) -> str:
     if key.startswith(prefix + '_'):
       return f'{prefix}/{key[len(prefix) + 1:]}'
   return key
-
-
-def read_tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} from every event file under `logdir`.
-
-  A plain TFRecord reader (no TensorFlow), for tests and quick checks.
-  """
-  from tensorboardX.proto import event_pb2
-  out = {}
-  for root, _, files in os.walk(logdir):
-    for name in sorted(files):
-      if 'tfevents' not in name:
-        continue
-      with open(os.path.join(root, name), 'rb') as f:
-        data = f.read()
-      pos = 0
-      while pos + 12 <= len(data):
-        (length,) = struct.unpack('<Q', data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-        pos += 12 + length + 4
-        for value in event.summary.value:
-          if value.HasField('simple_value'):
-            out.setdefault(value.tag, []).append(
-                (event.step, float(value.simple_value)))
-  return out
 
 
 # Plots -----------------------------------------------------------------------
