@@ -6,7 +6,10 @@ each member count N: total images/s (N x batch / step time) and the step
 time relative to one member. On an accelerator that is underused by one
 ResNet-20 at batch 128 the step time should grow far slower than N (goal on
 a GPU: 8 members in at most 2x the time of one); on a CPU, whose cores one
-member already fills, expect about N x.
+member already fills, expect about N x, which train.member_chunk's default
+(0: auto, one member per chunk on the CPU backend) gives: 8.1x for 8
+members where all vmapped at once (--member_chunk 8) take 15x
+(docs/training.md). The header line says which chunk size ran.
 
   python bench/members.py                                  # N = 1, 2, 4, 8
   python bench/members.py --members 1,2,4,8,16,32 --steps 50   # a GPU
@@ -32,16 +35,20 @@ def main():
   p.add_argument('--steps', type=int, default=10, help='timed steps')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps')
   p.add_argument('--member_chunk', type=int, default=0,
-                 help='train.member_chunk: members vmapped at a time (0: all)')
+                 help='train.member_chunk: members vmapped at a time (0: '
+                 'auto, 1 on the CPU backend, all at once elsewhere)')
   p.add_argument('--json', metavar='FILE', help='also write the rows here')
   args = p.parse_args()
   import jax
   device = jax.devices()[0]
   where = (device.device_kind if device.platform != 'cpu'
            else f'{cpu_model()}, {os.cpu_count()} cores')
+  from resnet_jax import config as config_lib, train
+  auto = train.member_chunk_auto(config_lib.base_config()) or 'all'
+  chunk = args.member_chunk or f'0 (auto: {auto})'
   print(f'# jax {jax.__version__} on {where}; {args.model}, batch '
         f'{args.batch_size} per member, {args.dtype}, member_chunk '
-        f'{args.member_chunk}; command: '
+        f'{chunk}; command: '
         f'{" ".join(sys.argv)}')
   print('| members | total img/s | step ms | step time vs 1 member '
         '| compile s |')

@@ -10,11 +10,13 @@ from resnet_jax.data import SOURCES
 from resnet_jax.models import MODELS, SHORTCUTS
 from resnet_jax.errors import ConfigError
 
+# The registries themselves (dicts: `in` and join see their keys), so a model
+# or source registered at run time is a valid choice.
 CHOICES = {
-    'model.name': tuple(MODELS),
+    'model.name': MODELS,
     'model.shortcut': SHORTCUTS,
     'model.conv_impl': CONV_IMPLS,
-    'data.source': tuple(SOURCES),
+    'data.source': SOURCES,
     'data.streaming': ('auto', 'off', 'on'),
     'train.optimizer': ('sgd', 'adamw'),
     'train.schedule': ('cosine', 'linear', 'step'),
@@ -95,9 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
   # With several devices, split the members over them instead of the batch
   # (members must be a multiple of the device count).
   c.train.shard_members = False
-  # Members per vmapped chunk of a step, the chunks one after another (0: all
-  # at once): bounds the step's memory. Not with train.shard_members. (On
-  # XLA:CPU chunks of 1 measured 2.7x slower than all at once: docs/training.md.)
+  # Members per vmapped chunk of a step, the chunks one after another; bounds
+  # the step's memory. 0: auto, 1 on the CPU backend (vmapped members run
+  # XLA:CPU's slow grouped convolutions: 8 members cost 15x one, in chunks
+  # of 1 8.1x; docs/training.md), else all at once. Not with
+  # train.shard_members.
   c.train.member_chunk = 0
   return c
 

@@ -121,7 +121,8 @@ def sample_batch(train_data, step, order_key, batch_size):
 
 def make_train_fn(config, mesh, normalization, streamed=False):
   """Jitted (state, train_data[, active]) -> (state, metrics): every member
-  samples its batch, augments and updates, vmapped over the member axis.
+  samples its batch, augments and updates, vmapped over the member axis
+  (train.member_chunk members at a time, if set).
 
   `active` (members,) is False for a member frozen after diverging (with
   train.on_nonfinite=stop): its state stays, only its step advances. The
@@ -151,29 +152,59 @@ def make_train_fn(config, mesh, normalization, streamed=False):
     metrics['active'] = active & (metrics['finite'] | skip)
     return new_state, metrics
 
-  chunk = config.train.member_chunk
+  num_members = len(order_keys)
+  compiler_options = cpu_conv.jit_compiler_options(config.model.conv_impl)
+  out_shardings = (member_sharding(mesh), NamedSharding(mesh, P()))
 
-  def train_fn(state, train_data, active=None):
-    if active is None:  # Every member trains.
-      active = jnp.ones(len(order_keys), bool)
-    if 0 < chunk < len(order_keys):
-      # `chunk` members vmapped at a time, the chunks one after another.
-      per_member = (state, order_keys, augment_keys, active)
-      if streamed:
-        per_member += (train_data,)
-      def one(xs):
-        data_ = xs[4] if streamed else train_data
-        return member_step(xs[0], data_, *xs[1:4])
-      return jax.lax.map(one, per_member, batch_size=chunk)
+  def step_members(state, train_data, order_keys, augment_keys, active):
     # spmd_axis_name: the member axis of the batch follows the state's.
     return jax.vmap(member_step, in_axes=(0, 0 if streamed else None, 0, 0, 0),
                     spmd_axis_name='members')(
         state, train_data, order_keys, augment_keys, active)
 
-  out_shardings = (member_sharding(mesh), NamedSharding(mesh, P()))
-  return jax.jit(train_fn, donate_argnums=0, out_shardings=out_shardings,
-                 compiler_options=cpu_conv.jit_compiler_options(
-                     config.model.conv_impl))
+  def train_fn(state, train_data, active=None):
+    if active is None:  # Every member trains.
+      active = jnp.ones(num_members, bool)
+    return step_members(state, train_data, order_keys, augment_keys, active)
+
+  chunk = config.train.member_chunk or member_chunk_auto(config)
+  if not 0 < chunk < num_members:
+    return jax.jit(train_fn, donate_argnums=0, out_shardings=out_shardings,
+                   compiler_options=compiler_options)
+
+  # train.member_chunk: `chunk` members vmapped at a time, one jitted call per
+  # chunk, issued in turn from the host. Inside one program, XLA:CPU runs a
+  # lax.map over members ~17x slower per member than a step of one, and
+  # compiles an unrolled loop for minutes (docs/training.md).
+  @functools.partial(jax.jit, static_argnums=4,
+                     compiler_options=compiler_options)
+  def chunk_step(state, train_data, active, start, size):
+    take = lambda tree: jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
+    return step_members(take(state), take(train_data) if streamed else
+                        train_data, take(order_keys), take(augment_keys),
+                        take(active))
+
+  concatenate = jax.jit(
+      lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts),
+      out_shardings=out_shardings)
+
+  def chunked_train_fn(state, train_data, active=None):
+    if active is None:
+      active = jnp.ones(num_members, bool)
+    return concatenate([
+        chunk_step(state, train_data, active, start,
+                   min(chunk, num_members - start))
+        for start in range(0, num_members, chunk)])
+
+  return chunked_train_fn
+
+
+def member_chunk_auto(config) -> int:
+  """train.member_chunk=0: one member at a time on the CPU backend, where a
+  vmapped step runs grouped convolutions slowly; all at once elsewhere."""
+  on_cpu = jax.default_backend() == 'cpu'
+  return 1 if on_cpu and not config.train.shard_members else 0
 
 
 def load_train_val(config, streamed: bool):

@@ -8,6 +8,7 @@ from test_cli import assert_one_line_error
 from test_train import restore_params
 from resnet_jax import checkpoint, data, evaluate, inference, models, predict
 from resnet_jax import progress, reporting, train
+from resnet_jax.data import stream
 from resnet_jax.errors import CheckpointError
 
 SHORT = {'train.steps': 6, 'train.eval_every': 6}
@@ -222,7 +223,8 @@ def test_history_report_and_plots_carry_each_member(sweep_workdir):
 @pytest.mark.slow
 def test_member_chunks_equal_the_all_vmapped_step():
   """train.member_chunk: C members vmapped at a time (3 of 4 leaves a chunk
-  of 1), the chunks in turn; the same step as all members at once."""
+  of 1), the chunks in turn; the same step as all members at once (a chunk
+  of 4), in memory and streamed. 0 (auto) is 1 on the CPU backend."""
   config = tiny_config(**EQUAL, **EXACT, **{
       'train.num_seeds': 2, 'train.sweep_learning_rates': (0.05, 0.2)})
   mesh = train.create_mesh()
@@ -231,16 +233,27 @@ def test_member_chunks_equal_the_all_vmapped_step():
       {'image': split.images, 'label': split.labels}, mesh)
   normalization = data.channel_stats(split.images)
   final = {}
-  for chunk in (0, 1, 3):
+  for chunk in (4, 1, 3):
     config.train.member_chunk = chunk
     state = train.create_train_state(config, models.from_config(config),
                                      mesh)
+    assert train.member_chunk_auto(config) == 1  # What 0 would be here.
     step = train.make_train_fn(config, mesh, normalization)
     for _ in range(3):
       state, metrics = step(state, train_data)
     final[chunk] = jax.device_get((state.params, metrics['loss']))
-  for chunk in (1, 3):
+  # Streamed: each step's batches come from the host, sliced per chunk too.
+  config.data.streaming = 'on'
+  state = train.create_train_state(config, models.from_config(config), mesh)
+  step = train.make_train_fn(config, mesh, normalization, streamed=True)
+  batches = stream.TrainBatches(stream.open_split(config, 'train'), config, 0,
+                                mesh)
+  for _ in range(3):
+    state, metrics = step(state, next(batches))
+  batches.close()
+  final['streamed'] = jax.device_get((state.params, metrics['loss']))
+  for chunk in (1, 3, 'streamed'):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(
-        x, y, rtol=1e-5, atol=2e-6), final[0], final[chunk])
+        x, y, rtol=1e-5, atol=2e-6), final[4], final[chunk])
   # The members did differ (seeds and rates), so nothing was shared.
   assert len(set(np.round(final[1][1], 6))) == 4
