@@ -27,6 +27,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
+from resnet_jax import mesh as mesh_lib
 from resnet_jax import preemption, progress, reporting
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment, folder, stream
@@ -253,22 +254,6 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   return train_inputs, train_fn, run_eval
 
 
-def check_mesh(config, mesh):
-  """The batch splits over 'data', the members over 'members'."""
-  data_devices, num_members = mesh.shape['data'], len(config_lib.members(config))
-  if config.train.batch_size % data_devices:
-    raise ConfigError(f'train.batch_size={config.train.batch_size} must be a '
-                      f'multiple of the {data_devices} devices')
-  if not config.train.shard_members:
-    return
-  if num_members % mesh.shape['members']:
-    raise ConfigError(f'train.shard_members needs a multiple of the '
-                      f'{mesh.shape["members"]} devices as members, not '
-                      f'{num_members}')
-  if jax.process_count() > 1:  # Each process loads a slice of every batch.
-    raise ConfigError('train.shard_members works with one process only')
-
-
 def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
                        restart: bool = False) -> dict:
   """Trains (or resumes) in `workdir`; returns the last validation metrics.
@@ -280,7 +265,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   run_start = time.perf_counter()
   config_lib.validate(config)
   mesh = create_mesh(config.train.shard_members)
-  check_mesh(config, mesh)
+  mesh_lib.check(config, mesh)
   streamed = stream.should_stream(config)
   splits, normalization = load_train_val(config, streamed)
   class_names = data.class_names(config)
