@@ -128,11 +128,13 @@ def main(argv):
     # The failed write's leftover TensorStore callbacks print tracebacks from
     # other threads (into event loops Orbax has closed), until and at exit:
     # stderr is shut to them first, the error goes out in one write to the
-    # real stderr, and the process ends at once. Logs are closed already.
+    # real stderr, and the process ends at once. Logs are closed already. It
+    # starts a line of its own: a traceback may have been cut mid-line (CI
+    # once saw '    error: ...').
     sys.stdout.flush()
     real_stderr = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    os.write(real_stderr, f'error: {e}\n'.encode())
+    os.write(real_stderr, f'\nerror: {e}\n'.encode())
     os._exit(2)  # pylint: disable=protected-access
   except UserError as e:
     exit_with(str(e))
