@@ -36,7 +36,8 @@ def evaluate(config, workdir: str, which: str = 'best',
   normalization = (meta['normalization']['mean'], meta['normalization']['std'])
   eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
   sums, labels, _, predictions = inference.run(
-      eval_fn, members, examples, config.train.eval_batch_size, mesh,
+      eval_fn, members,
+      inference.chunks(examples, config.train.eval_batch_size, mesh),
       keep_probabilities=False)
   metrics = inference.metrics(sums)
   write_confusion(workdir, split, step, labels, predictions,
@@ -86,7 +87,7 @@ def confusion_figsize(num_classes: int) -> tuple[float, float]:
 def plot_confusion(counts, class_names, path, title=''):
   """Rows: true class, columns: predicted; colour is the row fraction."""
   Figure = errors.require('matplotlib.figure', 'matplotlib',
-                   'the confusion matrix plot').Figure
+                          'the confusion matrix plot').Figure
   num_classes = len(class_names)
   fig = Figure(figsize=confusion_figsize(num_classes), dpi=predict.DPI,
                layout='constrained')
@@ -121,13 +122,12 @@ def write_confusion(workdir, split, step, labels, predictions, class_names):
   print(format_per_class(rows))
   folder_path = predict.output_dir(workdir, split, step)
   os.makedirs(folder_path, exist_ok=True)
+  accuracy = float(np.trace(counts) / counts.sum())
   with open(os.path.join(folder_path, 'per_class_accuracy.json'), 'w') as f:
     json.dump({'split': split, 'step': step,
-               'num_examples': int(counts.sum()),
-               'accuracy': float(np.trace(counts) / counts.sum()),
+               'num_examples': int(counts.sum()), 'accuracy': accuracy,
                'classes': rows, 'confusion_matrix': counts.tolist()},
               f, indent=1)
-  accuracy = np.trace(counts) / counts.sum()
   try:
     plot_confusion(counts, class_names,
                    os.path.join(folder_path, 'confusion_matrix.png'),

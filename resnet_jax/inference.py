@@ -114,12 +114,14 @@ def make_eval_fn(normalization, mesh, flip=False):
 
 
 def chunks(split, batch_size: int, mesh):
-  """Yields (labels, chunks): the split's padded chunks on the mesh, batch-
-  sharded over 'data', with the host labels they hold.
+  """The split's padded chunks on the mesh, batch-sharded over 'data': an
+  iterable of (host labels, chunks) that `run` may iterate once per
+  evaluation.
 
-  In memory (data.Split): one item with every chunk. Streamed
-  (stream.StreamedSplit): one chunk per item, decoded as it is needed. Every
-  chunk has the same shape (one compilation).
+  In memory (data.Split): a list of one item with every chunk, placed on the
+  devices now and reused by every evaluation. Streamed
+  (stream.StreamedSplit): one chunk per item, decoded anew each time it is
+  iterated. Every chunk has the same shape (one compilation).
   """
   num_devices = mesh.devices.size
   batch_size = math.ceil(min(batch_size, len(split)) / num_devices) * num_devices
@@ -132,22 +134,32 @@ def chunks(split, batch_size: int, mesh):
     return part.labels, mesh_lib.put(arrays, sharding)
 
   if isinstance(split, data.Split):
-    yield place(split, math.ceil(len(split) / batch_size))
-    return
-  for batch in split.batches(np.arange(len(split)), batch_size):
-    yield place(data.Split(batch['image'], batch['label']), 1)
+    return [place(split, math.ceil(len(split) / batch_size))]
+  return _Streamed(split, batch_size, place)
 
 
-def run(eval_fn, members: Members, split, batch_size: int, mesh,
-        keep_probabilities=True):
-  """(sums, labels (N,), probabilities (N, C) or None, predictions (N,)).
+class _Streamed:
+  """A streamed split's chunks, one per batch, every time it is iterated."""
+
+  def __init__(self, split, batch_size: int, place):
+    self.split, self.batch_size, self.place = split, batch_size, place
+
+  def __iter__(self):
+    for batch in self.split.batches(np.arange(len(self.split)),
+                                    self.batch_size):
+      yield self.place(data.Split(batch['image'], batch['label']), 1)
+
+
+def run(eval_fn, members: Members, split_chunks, keep_probabilities=True):
+  """(sums, labels (N,), probabilities (N, C) or None, predictions (N,)) of
+  the members over `split_chunks` (of `chunks`).
 
   The sums (of make_eval_fn) are added up over the chunks in float64; the
   ensemble's probabilities are kept unless `keep_probabilities` is False (a
   streamed split's N x C may not fit).
   """
   totals, labels, probabilities, predictions = None, [], [], []
-  for part_labels, part in chunks(split, batch_size, mesh):
+  for part_labels, part in split_chunks:
     sums, (probs, predicted) = jax.device_get(eval_fn(members, part))
     sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
@@ -181,8 +193,8 @@ def predict_split(members: Members, split, normalization, batch_size: int,
                   mesh, flip=False):
   """(metrics, probabilities (N, C), predictions (N,)) of every example."""
   sums, _, probabilities, predictions = run(
-      make_eval_fn(normalization, mesh, flip), members, split, batch_size,
-      mesh)
+      make_eval_fn(normalization, mesh, flip), members,
+      chunks(split, batch_size, mesh))
   return metrics(sums), probabilities, predictions
 
 

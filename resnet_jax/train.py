@@ -244,10 +244,13 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
         mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
   eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
+  # In memory, the validation chunks go to the devices once, for every
+  # evaluation; streamed, they are decoded again each time.
+  val_chunks = inference.chunks(splits['val'], config.train.eval_batch_size,
+                                mesh)
 
   def run_eval(state):
-    sums = inference.run(eval_fn, inference.members_of(state), splits['val'],
-                         config.train.eval_batch_size, mesh,
+    sums = inference.run(eval_fn, inference.members_of(state), val_chunks,
                          keep_probabilities=False)[0]
     return inference.metrics(sums)
 

@@ -3,11 +3,12 @@ a cache folder.
 
 With data.source=cifar10_binary (cifar100_binary) and no data.dir, the data
 comes from CACHE/cifar-10-batches-bin (CACHE/cifar-100-binary), CACHE being
-$RESNET_JAX_DATA or ~/.cache/resnet_jax. On first use the archive is downloaded (with a progress
-bar), checked against its published MD5 and extracted into a temporary
-folder that is renamed into place only when complete: a kill or a failure
-at any point leaves no folder that passes for the dataset, and the next run
-starts over, removing what a killed download on this host left behind.
+$RESNET_JAX_DATA or ~/.cache/resnet_jax. On first use the archive is
+downloaded (with a progress bar), checked against its published MD5 and
+extracted into a temporary folder that is renamed into place only when
+complete: a kill or a failure at any point leaves no folder that passes for
+the dataset, and the next run starts over, removing what a killed download
+on this host left behind.
 $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 (CIFAR100 for CIFAR-100)
 point it at another copy (a mirror; the tests' local server).
 """
@@ -23,7 +24,6 @@ import urllib.error
 import urllib.request
 
 from resnet_jax.errors import DataError
-
 
 
 @dataclasses.dataclass(frozen=True)
