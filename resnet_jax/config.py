@@ -186,3 +186,19 @@ def fast_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.eval_every = 1_050  # ~3 epochs.
   c.train.eval_flip = True
   return c
+
+
+def gpu_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The 30-epoch recipe at batch 512, where a GPU does ~2.6x the work per
+  second of batch 128 (bfloat16, H200). The learning rate scales linearly
+  with the batch (0.1 at 128 -> 0.4), the warmup stays ~2 epochs of images.
+  87 steps of 512 per epoch of 45,000 (the remainder dropped): 2,610 steps
+  are 30 epochs."""
+  c = fast_recipe(c)
+  c.train.batch_size = 512
+  c.train.learning_rate = 0.4
+  c.train.steps = 2_610
+  c.train.warmup_steps = 174  # 2 epochs.
+  c.train.eval_every = 261  # 3 epochs.
+  c.train.dtype = 'bfloat16'
+  return c
