@@ -15,7 +15,6 @@ progress.py; stopping on a signal in preemption.py; checkpoints, restore
 included, in checkpoint.py.
 """
 import functools
-import itertools
 import os
 import time
 from typing import Any
@@ -30,7 +29,7 @@ from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
 from resnet_jax import mesh as mesh_lib
 from resnet_jax import preemption, progress, reporting
 from resnet_jax import config as config_lib
-from resnet_jax.data import augment, folder, stream
+from resnet_jax.data import augment, folder, order, stream
 from resnet_jax.errors import ConfigError
 from resnet_jax.mesh import create_mesh, member_sharding, put_replicated
 
@@ -72,8 +71,7 @@ def member_keys(config):
   run with the member's seed draws them."""
   seeds = jnp.asarray([m['seed'] for m in config_lib.members(config)],
                       jnp.uint32)
-  keys = jax.vmap(lambda seed: jax.random.split(jax.random.key(seed)))(seeds)
-  return keys[:, 0], keys[:, 1]
+  return jax.vmap(order.split_seed)(seeds)
 
 
 def train_step(state, batch, rng, *, normalization, label_smoothing,
@@ -110,38 +108,67 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   return new_state, metrics
 
 
-def sample_batch(train_data, step, order_key, batch_size):
-  """Batch `step` of a fresh permutation per epoch; the remainder is dropped."""
-  num_examples = train_data['label'].shape[0]
-  epoch, index = jnp.divmod(step, num_examples // batch_size)
-  order = jax.random.permutation(jax.random.fold_in(order_key, epoch),
-                                 num_examples)
-  indices = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+def sample_batch(train_data, epoch_order, step, batch_size):
+  """Batch `step` of the training set, `epoch_order` its epoch's permutation."""
+  indices = order.batch_indices(epoch_order, step, batch_size)
   return jax.tree.map(lambda x: x[indices], train_data)
 
 
+class EpochOrders:
+  """The in-memory train step's inputs, step after step from `start`: the
+  training set on the devices and each member's permutation of the step's
+  epoch, (members, examples).
+
+  A permutation sorts the whole set twice: it is drawn once per epoch, by a
+  jitted call the devices run before that epoch's first step, not in every
+  step. `start` must be the train state's step (both advance by one a step).
+  """
+
+  def __init__(self, train_data, order_keys, batch_size: int, start: int,
+               sharding):
+    num_examples = train_data['label'].shape[0]
+    self._data, self._keys = train_data, order_keys
+    self._steps_per_epoch = num_examples // batch_size
+    self._step, self._epoch, self._order = start, None, None
+    self._draw = jax.jit(jax.vmap(
+        lambda key, epoch: order.epoch_order(key, epoch, num_examples),
+        in_axes=(0, None)), out_shardings=sharding)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    epoch = self._step // self._steps_per_epoch
+    if epoch != self._epoch:
+      self._epoch, self._order = epoch, self._draw(self._keys, epoch)
+    self._step += 1
+    return {'data': self._data, 'order': self._order}
+
+
 def make_train_fn(config, mesh, normalization, streamed=False):
-  """Jitted (state, train_data[, active]) -> (state, metrics): every member
+  """Jitted (state, inputs[, active]) -> (state, metrics): every member
   samples its batch, augments and updates, vmapped over the member axis
   (train.member_chunk members at a time, if set).
 
+  In memory, `inputs` is an item of EpochOrders: the training set and each
+  member's permutation of the epoch.
   `active` (members,) is False for a member frozen after diverging (with
   train.on_nonfinite=stop): its state stays, only its step advances. The
-  metrics carry the next step's `active`. With `streamed`, the second
-  argument is the step's batches themselves, (members, batch, ...), built
+  metrics carry the next step's `active`. With `streamed`, `inputs` is the
+  step's batches themselves, (members, batch, ...), built
   by the host's loader (stream.TrainBatches) in the order sample_batch draws.
   """
-  order_keys, augment_keys = member_keys(config)
+  _, augment_keys = member_keys(config)
   step_fn = functools.partial(
       train_step, normalization=normalization,
       label_smoothing=config.train.label_smoothing, train_config=config.train)
   skip = config.train.on_nonfinite == 'skip'
 
-  def member_step(state, train_data, order_key, augment_key, active):
+  def member_step(state, inputs, augment_key, active):
     if streamed:
-      batch = train_data
+      batch = inputs
     else:
-      batch = sample_batch(train_data, state.step, order_key,
+      batch = sample_batch(inputs['data'], inputs['order'], state.step,
                            config.train.batch_size)
     batch = jax.lax.with_sharding_constraint(
         batch, NamedSharding(mesh, P('data')))
@@ -153,20 +180,24 @@ def make_train_fn(config, mesh, normalization, streamed=False):
     metrics['active'] = active & (metrics['finite'] | skip)
     return new_state, metrics
 
-  num_members = len(order_keys)
+  num_members = len(augment_keys)
   compiler_options = cpu_conv.jit_compiler_options(config.model.conv_impl)
   out_shardings = (member_sharding(mesh), NamedSharding(mesh, P()))
 
-  def step_members(state, train_data, order_keys, augment_keys, active):
-    # spmd_axis_name: the member axis of the batch follows the state's.
-    return jax.vmap(member_step, in_axes=(0, 0 if streamed else None, 0, 0, 0),
-                    spmd_axis_name='members')(
-        state, train_data, order_keys, augment_keys, active)
+  # Streamed batches and in-memory orders have a member axis; the in-memory
+  # training set is shared.
+  input_axes = 0 if streamed else {'data': None, 'order': 0}
 
-  def train_fn(state, train_data, active=None):
+  def step_members(state, inputs, augment_keys, active):
+    # spmd_axis_name: the member axis of the batch follows the state's.
+    return jax.vmap(member_step, in_axes=(0, input_axes, 0, 0),
+                    spmd_axis_name='members')(
+        state, inputs, augment_keys, active)
+
+  def train_fn(state, inputs, active=None):
     if active is None:  # Every member trains.
       active = jnp.ones(num_members, bool)
-    return step_members(state, train_data, order_keys, augment_keys, active)
+    return step_members(state, inputs, augment_keys, active)
 
   chunk = config.train.member_chunk or member_chunk_auto(config)
   if not 0 < chunk < num_members:
@@ -179,22 +210,22 @@ def make_train_fn(config, mesh, normalization, streamed=False):
   # compiles an unrolled loop for minutes (docs/training.md).
   @functools.partial(jax.jit, static_argnums=4,
                      compiler_options=compiler_options)
-  def chunk_step(state, train_data, active, start, size):
+  def chunk_step(state, inputs, active, start, size):
     take = lambda tree: jax.tree.map(
         lambda x: jax.lax.dynamic_slice_in_dim(x, start, size), tree)
-    return step_members(take(state), take(train_data) if streamed else
-                        train_data, take(order_keys), take(augment_keys),
-                        take(active))
+    inputs = take(inputs) if streamed else {**inputs,
+                                            'order': take(inputs['order'])}
+    return step_members(take(state), inputs, take(augment_keys), take(active))
 
   concatenate = jax.jit(
       lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts),
       out_shardings=out_shardings)
 
-  def chunked_train_fn(state, train_data, active=None):
+  def chunked_train_fn(state, inputs, active=None):
     if active is None:
       active = jnp.ones(num_members, bool)
     return concatenate([
-        chunk_step(state, train_data, active, start,
+        chunk_step(state, inputs, active, start,
                    min(chunk, num_members - start))
         for start in range(0, num_members, chunk)])
 
@@ -233,15 +264,18 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   """(train_inputs, train_fn, run_eval) for in-memory or streamed splits.
 
   The loop calls train_fn(state, next(train_inputs)) each step: the whole
-  dataset on the devices (train_fn samples the batch), or the step's streamed
-  batch. run_eval(state) gives the validation metrics.
+  dataset on the devices and the epoch's orders (train_fn samples the
+  batch), or the step's streamed batch. run_eval(state) gives the
+  validation metrics.
   """
   if streamed:
     train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
   else:
-    train_inputs = itertools.repeat(put_replicated(
-        {'image': splits['train'].images, 'label': splits['train'].labels},
-        mesh))
+    train_inputs = EpochOrders(
+        put_replicated({'image': splits['train'].images,
+                        'label': splits['train'].labels}, mesh),
+        member_keys(config)[0], config.train.batch_size, start,
+        member_sharding(mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
   eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
   # In memory, the validation chunks go to the devices once, for every

@@ -35,17 +35,26 @@ def ids(batch):
   return np.asarray(batch['image'])[0, :, 0, 0, 0].astype(int)
 
 
-def test_order_is_train_sample_batch_order():
-  """Streamed batches are the in-memory sampler's, so runs agree."""
-  n, batch_size, seed = 37, 8, 5
-  order = stream._EpochOrder(seed, n)  # pylint: disable=protected-access
+def test_order_is_the_in_memory_order():
+  """Streamed batches are the in-memory path's, so runs agree: both are
+  batch i of epoch e's permutation of the member's order key."""
+  n, batch_size, seed = 37, 8, 5  # 4 steps per epoch, the remainder dropped.
+  streamed = stream._EpochOrder(seed, n)  # pylint: disable=protected-access
   order_key, _ = jax.random.split(jax.random.key(seed))
-  train_data = {'label': np.arange(n)}
-  for step in (0, 3, 4, 9):  # 4 steps per epoch: three epochs.
-    expected = train.sample_batch(train_data, step, order_key, batch_size)
+  in_memory = train.EpochOrders({'label': np.arange(n)}, order_key[None],
+                                batch_size, 0,
+                                train.member_sharding(train.create_mesh()))
+  for step in range(10):  # Three epochs.
+    epoch, i = divmod(step, n // batch_size)
+    expected = jax.random.permutation(jax.random.fold_in(order_key, epoch),
+                                      n)[i * batch_size:(i + 1) * batch_size]
+    inputs = next(in_memory)
     np.testing.assert_array_equal(
-        stream.batch_examples(order, step, n // batch_size, batch_size),
-        expected['label'])
+        train.sample_batch(inputs['data'], inputs['order'][0], step,
+                           batch_size)['label'], expected)
+    np.testing.assert_array_equal(
+        stream.batch_examples(streamed, step, n // batch_size, batch_size),
+        expected)
 
 
 def test_epoch_reads_each_training_example_once_and_no_validation(

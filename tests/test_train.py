@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, cli_args, run_cli
-from resnet_jax import checkpoint, evaluate, inference, optim, reporting
-from resnet_jax import train
+from resnet_jax import checkpoint, evaluate, inference, models, optim
+from resnet_jax import reporting, train
 
 
 def restore_params(workdir, which='latest'):
@@ -106,6 +106,26 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
   steps = [r['step'] for r in reporting.read_history(str(tmp_path / 'resumed'))
            if 'train_loss' in r]
   assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_the_epoch_order_is_drawn_once_per_epoch_not_in_the_step():
+  """The permutation (two sorts of the whole training set) runs at each
+  epoch's first step, in a call of its own; the train step only slices it."""
+  # 128 examples: 8 steps per epoch; both members in one jitted step.
+  config = tiny_config(**{'train.num_seeds': 2, 'train.member_chunk': 2})
+  mesh = train.create_mesh()
+  splits, normalization = train.load_train_val(config, streamed=False)
+  state = train.create_train_state(config, models.from_config(config), mesh)
+  inputs, train_fn, _ = train.make_inputs(config, splits, normalization, 3,
+                                          mesh, streamed=False)
+  draw, epochs = inputs._draw, []  # pylint: disable=protected-access
+  inputs._draw = lambda keys, epoch: epochs.append(epoch) or draw(keys, epoch)  # pylint: disable=protected-access
+  steps = [next(inputs) for _ in range(3, 20)]
+  assert epochs == [0, 1, 2]  # Steps 3-7, 8-15, 16-19.
+  assert steps[0]['order'].shape == (2, 128)  # A permutation per member.
+  assert 'stablehlo.sort' in draw.lower(inputs._keys, 0).as_text()  # pylint: disable=protected-access
+  step_program = train_fn.lower(state, steps[0]).as_text()
+  assert 'stablehlo.sort' not in step_program
 
 
 @pytest.mark.slow

@@ -19,13 +19,11 @@ while they start by re-importing JAX (spawn), need absl flags parsed, copy
 the readers into every worker (a memmap would be copied whole) and compete
 for the same cores as the train step on a CPU-only machine.
 
-Batch order: batch b (the train state's step) holds the examples at
-positions [i * B, (i + 1) * B) of epoch e's permutation, (e, i) =
-divmod(b, steps per epoch), the epoch's remainder dropped. The permutation
-is computed exactly as train.sample_batch computes it (same key, same
-jax.random call, on the CPU), so a streamed run trains on the very batches
-of an in-memory run, and batch b depends only on (seed, b): resume starts the
-loader at the restored step, with no iterator state in the checkpoint.
+Batch order: data/order.py's, the permutation drawn by the same function
+from the same key on the host's CPU, so a streamed run trains on the very
+batches of an in-memory run, and batch b depends only on (seed, b): resume
+starts the loader at the restored step, with no iterator state in the
+checkpoint.
 
 With several processes each reads only its slice of the global batch and
 the global array is assembled with jax.make_array_from_process_local_data.
@@ -40,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import config as config_lib
 from resnet_jax import data
 from resnet_jax.data import folder
+from resnet_jax.data import order as order_lib
 from resnet_jax.errors import DataError, require
 
 
@@ -177,7 +176,7 @@ def channel_stats(split: StreamedSplit):
 
 
 class _EpochOrder:
-  """Epoch e's permutation of n examples, as train.sample_batch draws it."""
+  """Epoch e's permutation of n examples (order.epoch_order), on the host."""
 
   def __init__(self, seed: int, n: int):
     self.seed, self.n = seed, n
@@ -191,10 +190,8 @@ class _EpochOrder:
         except RuntimeError:  # No CPU backend: the default device is as exact.
           device = None
         with jax.default_device(device):
-          # Must match train.make_train_fn and train.sample_batch.
-          order_key, _ = jax.random.split(jax.random.key(self.seed))
-          order = jax.random.permutation(jax.random.fold_in(order_key, epoch),
-                                         self.n)
+          order_key, _ = order_lib.split_seed(self.seed)
+          order = order_lib.epoch_order(order_key, epoch, self.n)
         self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
         self._cache[epoch] = np.asarray(order)
       return self._cache[epoch]
