@@ -170,9 +170,9 @@ def analyze(num_layers, dtype, batch_size=128, image_size=32, examples=None):
   """XLA's cost analysis of one member's train step, and what the HLO holds.
 
   `examples` is the size of the on-device dataset the step samples from
-  (default 8 batches, as bench/gpu_throughput.py holds): it changes only the
-  per-step permutation (a sort of `examples` keys), and XLA's analysis
-  counts the batch gather as reading the whole dataset, which a GPU does not.
+  (default 8 batches): the step only slices its epoch's order (drawn once
+  per epoch, outside the step), but XLA's analysis counts the batch gather
+  as reading the whole dataset, which a GPU does not.
   """
   config = step_config(num_layers, dtype, batch_size, image_size)
   examples = examples or 8 * batch_size
@@ -187,13 +187,8 @@ def analyze(num_layers, dtype, batch_size=128, image_size=32, examples=None):
   largest_param = max(x.size for x in jax.tree.leaves(state.params))
   # train.member_sharding: the leading member axis along 'members'.
   state = cuda_lowering.structs(state, NamedSharding(mesh, P('members')))
-  replicated = NamedSharding(mesh, P())
-  train_data = {
-      'image': jax.ShapeDtypeStruct((examples, image_size, image_size, 3),
-                                    jnp.uint8, sharding=replicated),
-      'label': jax.ShapeDtypeStruct((examples,), jnp.int32,
-                                    sharding=replicated)}
-  lowered = train_fn.lower(state, train_data)
+  lowered = train_fn.lower(state, cuda_lowering.train_inputs(
+      examples, 1, mesh, image_size))
   compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
   seconds = time.perf_counter() - start
   cost, lowered_cost = compiled.cost_analysis(), lowered.cost_analysis()

@@ -183,14 +183,19 @@ class OtherLoad:
 
 
 def cpu_model():
+  """'AMD EPYC (family 25 model 17, AVX-512)': the name alone can hide the
+  generation, and AVX-512 changes XLA:CPU's speed."""
   try:
     with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+      info = dict(line.split(':', 1) for line in f.read().split('\n\n')[0]
+                  .splitlines() if ':' in line)
   except OSError:
-    pass
-  return platform.processor() or 'unknown'
+    return platform.processor() or 'unknown'
+  info = {k.strip(): v.strip() for k, v in info.items()}
+  vector = 'AVX-512' if 'avx512f' in info.get('flags', '').split() else 'no AVX-512'
+  return (f'{info.get("model name", "unknown")} (family '
+          f'{info.get("cpu family", "?")} model {info.get("model", "?")}, '
+          f'{vector})')
 
 
 def main():

@@ -83,6 +83,20 @@ def report(module_text: str, exported) -> dict:
   }
 
 
+def train_inputs(examples, members, mesh, image_size=32):
+  """The in-memory step's inputs (train.EpochOrders) as shapes: the training
+  set, replicated, and each member's order of the epoch."""
+  replicated = NamedSharding(mesh, P())
+  return {
+      'data': {'image': jax.ShapeDtypeStruct(
+                   (examples, image_size, image_size, 3), jnp.uint8,
+                   sharding=replicated),
+               'label': jax.ShapeDtypeStruct((examples,), jnp.int32,
+                                             sharding=replicated)},
+      'order': jax.ShapeDtypeStruct((members, examples), jnp.int32,
+                                    sharding=train.member_sharding(mesh))}
+
+
 def lower_case(members, dtype, shard_members, platform='cuda'):
   config = case_config(members, dtype, shard_members)
   # What train.py builds when jax.default_backend() is 'gpu'.
@@ -95,10 +109,6 @@ def lower_case(members, dtype, shard_members, platform='cuda'):
     eval_fn = inference.make_eval_fn(((0.5,) * 3, (0.25,) * 3), mesh,
                                      flip=True)
   state = structs(state, train.member_sharding(mesh))
-  images = jax.ShapeDtypeStruct((1024, 32, 32, 3), jnp.uint8,
-                                sharding=NamedSharding(mesh, P()))
-  labels = jax.ShapeDtypeStruct((1024,), jnp.int32,
-                                sharding=NamedSharding(mesh, P()))
   active = jax.ShapeDtypeStruct((members,), jnp.bool_,
                                 sharding=NamedSharding(mesh, P()))
   chunk = NamedSharding(mesh, P(None, 'data'))
@@ -110,7 +120,7 @@ def lower_case(members, dtype, shard_members, platform='cuda'):
                                             sharding=chunk)}
   out = {}
   for name, fn, args in (
-      ('train_step', train_fn, (state, {'image': images, 'label': labels},
+      ('train_step', train_fn, (state, train_inputs(1024, members, mesh),
                                 active)),
       ('eval_step', eval_fn, (inference.members_of(state), eval_data))):
     exported = jax.export.export(fn, platforms=[platform])(*args)

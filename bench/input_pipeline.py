@@ -241,11 +241,13 @@ def main():
   model = models.from_config(config)
   state = train.create_train_state(config, model, mesh)
   train_fn = train.make_train_fn(config, mesh, normalization)
-  state, metrics = train_fn(state, train_data)  # Compiles.
+  inputs = train.EpochOrders(train_data, train.member_keys(config)[0],
+                             args.batch_size, 0, train.member_sharding(mesh))
+  state, metrics = train_fn(state, next(inputs))  # Compiles.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(args.train_steps):
-    state, metrics = train_fn(state, train_data)
+    state, metrics = train_fn(state, next(inputs))
   jax.block_until_ready(metrics)
   train_rate = args.train_steps * args.batch_size / (time.perf_counter() - start)
   rows.append(('ResNet-20 train step (incl. on-device batch)', train_rate,

@@ -1,33 +1,47 @@
-"""The training loop's own ceiling: steps/s when the model costs nothing.
+"""The training loop's own ceiling: steps/s of the real loop on tiny images.
 
-    python bench/loop_overhead.py [--steps 2000] [--log_every 1,10,100] [--profile]
+    python bench/loop_overhead.py [--model resnet20|negligible]
+        [--examples 512,45000] [--image-size 8] [--steps 2000]
+        [--log_every 1,10,100] [--profile]
 
-Runs the real train.train_and_evaluate (batch sampling from the on-device
-dataset, augmentation, the jitted step, metric fetches every log_every, the
-progress bar, reporting, the final save) with ResNet swapped for a model of
-negligible cost (global mean pool, BatchNorm, a dense layer) on 8x8
-synthetic images, batch 8. Each figure is the difference of two runs
-(--steps and 2x --steps), so compilation, setup and the final evaluation
-and save cancel out. --profile adds cProfile's top host functions of a
-third, untimed run. Prints the CPU model and versions with the figures.
+Runs the real train.train_and_evaluate (the epoch's order drawn on the
+device, batch sampling from the on-device training set, augmentation, the
+jitted step, metric fetches every log_every, the progress bar, reporting,
+the final evaluation and save) on synthetic images of --image-size pixels,
+batch 8, so that the convolutions cost little and what is left is the loop:
+with --model resnet20 the real ResNet-20 state (its 272k parameters, its
+optimizer update), with --model negligible a mean pool, BatchNorm and a
+dense layer. --examples sets the training-set size (45,000: CIFAR-10's).
+Each figure is the difference of two runs (--steps and 2x --steps), so
+compilation, setup, the final evaluation and the save cancel out. With
+several --examples each log_every row also gives steps/s relative to the
+first. --profile adds cProfile's top host functions of a third, untimed run.
+Prints the CPU model and versions with the figures.
+
+The CPU stand-in goal of issue 30 (45,000 examples at >= 90% of the steps/s
+with 512):
+    python bench/loop_overhead.py --model resnet20 --examples 512,45000 \
+        --log_every 50
 """
 import argparse
 import cProfile
 import io
+import os
 import pstats
+import sys
 import tempfile
 import time
-import unittest.mock
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cpu_speed import cpu_model  # bench/, the script's folder.
-from resnet_jax import config as config_lib
-from resnet_jax import train
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_speed import cpu_model  # pylint: disable=wrong-import-position
+from gpu_throughput import VAL_EXAMPLES, train_on_synthetic  # pylint: disable=wrong-import-position
+from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
+from resnet_jax import models, train  # pylint: disable=wrong-import-position
 
 class Negligible(nn.Module):
   """Mean pool, BatchNorm (the train state expects batch_stats), dense."""
@@ -40,13 +54,18 @@ class Negligible(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
-def bench_config(steps: int, log_every: int):
-  c = config_lib.base_config()
-  c.data.source = 'synthetic'
-  c.data.image_size = 8
-  c.data.synthetic_examples = 512
+# A model is a registry entry (models.MODELS), as a user's own would be.
+models.MODELS.setdefault(
+    'negligible', lambda model_config, **_: Negligible(model_config.num_classes))
+
+
+def bench_config(model: str, examples: int, image_size: int, steps: int,
+                 log_every: int):
+  c = train_on_synthetic(config_lib.base_config(), examples)
+  c.model.name = 'resnet' if model == 'resnet20' else model
+  c.data.image_size = image_size
   c.train.batch_size = 8
-  c.train.eval_batch_size = 64
+  c.train.eval_batch_size = VAL_EXAMPLES  # One small evaluation per run.
   c.train.steps = steps
   c.train.warmup_steps = 0
   c.train.eval_every = steps  # One evaluation, at the end.
@@ -54,15 +73,13 @@ def bench_config(steps: int, log_every: int):
   return c
 
 
-def run(steps: int, log_every: int, profiler=None) -> float:
-  """Seconds for a whole train_and_evaluate of `steps` steps."""
-  with tempfile.TemporaryDirectory() as workdir, unittest.mock.patch.object(
-      train, 'create_model', lambda config: Negligible(
-          config.model.num_classes)):
+def run(config, profiler=None) -> float:
+  """Seconds for a whole train_and_evaluate of `config`."""
+  with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     if profiler:
       profiler.enable()
-    train.train_and_evaluate(bench_config(steps, log_every), workdir)
+    train.train_and_evaluate(config, workdir)
     if profiler:
       profiler.disable()
     return time.perf_counter() - start
@@ -70,27 +87,40 @@ def run(steps: int, log_every: int, profiler=None) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='negligible',
+                      choices=('resnet20', 'negligible'))
+  parser.add_argument('--examples', default='512',
+                      help='comma-separated training-set sizes')
+  parser.add_argument('--image-size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=2000)
   parser.add_argument('--log_every', default='1,10,100')
   parser.add_argument('--profile', action='store_true')
   args = parser.parse_args()
   print(f'{cpu_model()}, {jax.device_count()} x {jax.devices()[0].platform}, '
-        f'jax {jax.__version__}, flax {flax.__version__}')
+        f'jax {jax.__version__}, flax {flax.__version__}; model '
+        f'{args.model}, {args.image_size}x{args.image_size} images, batch 8',
+        flush=True)
   for log_every in map(int, args.log_every.split(',')):
-    run(min(args.steps, 50), log_every)  # Warm: compile caches, imports.
-    short = run(args.steps, log_every)
-    long = run(2 * args.steps, log_every)
-    per_step = (long - short) / args.steps
-    print(f'log_every={log_every:4d}: {1 / per_step:7.0f} steps/s '
-          f'({per_step * 1e3:.3f} ms per step of the loop; runs of '
-          f'{args.steps} and {2 * args.steps} steps took {short:.1f} s and '
-          f'{long:.1f} s)', flush=True)
-    if args.profile:  # A run of its own: the profiler slows what it sees.
-      profiler = cProfile.Profile()
-      run(args.steps, log_every, profiler)
-      out = io.StringIO()
-      pstats.Stats(profiler, stream=out).sort_stats('tottime').print_stats(12)
-      print(out.getvalue())
+    first = None
+    for examples in map(int, args.examples.split(',')):
+      config = lambda steps, n=examples: bench_config(
+          args.model, n, args.image_size, steps, log_every)
+      run(config(min(args.steps, 50)))  # Warm: compile caches, imports.
+      short = run(config(args.steps))
+      long = run(config(2 * args.steps))
+      steps_per_sec = args.steps / (long - short)
+      first = first or steps_per_sec
+      print(f'log_every={log_every:4d} examples={examples:6d}: '
+            f'{steps_per_sec:7.0f} steps/s ({1e3 / steps_per_sec:.3f} ms per '
+            f'step of the loop, {steps_per_sec / first:.0%} of the first '
+            f'size; runs of {args.steps} and {2 * args.steps} steps took '
+            f'{short:.1f} s and {long:.1f} s)', flush=True)
+      if args.profile:  # A run of its own: the profiler slows what it sees.
+        profiler = cProfile.Profile()
+        run(config(args.steps), profiler)
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats('tottime').print_stats(12)
+        print(out.getvalue())
 
 
 if __name__ == '__main__':

@@ -1,7 +1,9 @@
 """Several members in one jitted step: total train images/s against N.
 
 Times resnet_jax.train.make_train_fn (the product's step, vmapped over
-train.num_seeds members) on synthetic 32x32 data held on the device, for
+train.num_seeds members) on synthetic 32x32 data held on the device (45,000
+training images, each member with its own order drawn once per epoch, as
+in a run; --examples), for
 each member count N: total images/s (N x batch / step time) and the step
 time relative to one member. On an accelerator that is underused by one
 ResNet-20 at batch 128 the step time should grow far slower than N (goal on
@@ -22,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_speed import cpu_model  # pylint: disable=wrong-import-position
-from gpu_throughput import DEPTH, bench_jax  # pylint: disable=wrong-import-position
+from gpu_throughput import DEPTH, EXAMPLES, bench_jax, write_json  # pylint: disable=wrong-import-position
 
 
 def main():
@@ -37,7 +39,11 @@ def main():
   p.add_argument('--member_chunk', type=int, default=0,
                  help='train.member_chunk: members vmapped at a time (0: '
                  'auto, 1 on the CPU backend, all at once elsewhere)')
-  p.add_argument('--json', metavar='FILE', help='also write the rows here')
+  p.add_argument('--examples', type=int, default=EXAMPLES,
+                 help='training-set size each member samples from (1024: the '
+                 'old 8 batches of 128)')
+  p.add_argument('--json', metavar='FILE',
+                 help='also write the rows here, rewritten after each row')
   args = p.parse_args()
   import jax
   device = jax.devices()[0]
@@ -57,18 +63,18 @@ def main():
   for count in map(int, args.members.split(',')):
     rate, compile_s = bench_jax(DEPTH[args.model], args.batch_size, args.dtype,
                                 args.steps, args.warmup, num_seeds=count,
-                                member_chunk=args.member_chunk)
+                                member_chunk=args.member_chunk,
+                                examples=args.examples)
     step_ms = 1000 * count * args.batch_size / rate
     one_step = one_step or (step_ms if count == 1 else None)
     relative = f'{step_ms / one_step:.2f}x' if one_step else '-'
     print(f'| {count} | {rate:,.0f} | {step_ms:.1f} | {relative} | '
           f'{compile_s:.1f} |', flush=True)
     rows.append({'members': count, 'images_per_sec': rate, 'step_ms': step_ms,
-                 'compile_s': compile_s})
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'command': ' '.join(sys.argv), 'device': where,
-                 'jax': jax.__version__, 'rows': rows}, f, indent=1)
+                 'compile_s': compile_s, 'examples': args.examples})
+    if args.json:  # Row by row: a run stopped midway keeps its rows.
+      write_json(args.json, {'command': ' '.join(sys.argv), 'device': where,
+                             'jax': jax.__version__, 'rows': rows})
 
 
 if __name__ == '__main__':

@@ -56,12 +56,15 @@ def test_batch_and_members_are_sharded_as_intended(lowered):
       # carries the member axis first.
       assert len(state) > 100
       assert all(s.startswith('[{"members"}') for s in state.values()), state
-    # The whole training set is on every device; each step's batch is split
-    # over 'data' (and its member axis over 'members'; a size-1 mesh axis
-    # is dropped from the constraint).
+    # The whole training set is on every device, each member's epoch order
+    # with its member; each step's batch is split over 'data' (and its
+    # member axis over 'members'; a size-1 mesh axis is dropped from the
+    # constraint).
     data = {p: s for p, s in train['arg_shardings'].items()
-            if p.startswith('train_data')}
-    assert data and all('"' not in s for s in data.values()), data
+            if p.startswith("inputs['data']")}
+    assert len(data) == 2 and all('"' not in s for s in data.values()), data
+    assert train['arg_shardings']["inputs['order']"] == '[{"members"}, {}]'
+
     batch = '{}' if sharded else '{"data"}'
     assert [tuple(c) for c in train['constraints']] == sorted([
         (f'[{{"members"}}, {batch}, {{}}, {{}}, {{}}]',

@@ -1,0 +1,25 @@
+"""bench/loop_overhead.py runs the real loop, so a refactor of train.py that
+breaks it fails here (one already did: it patched a function that was gone)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_loop_overhead_times_the_real_loop_per_training_set_size():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'bench', 'loop_overhead.py'),
+       '--model', 'resnet20', '--examples', '64,96', '--steps', '6',
+       '--log_every', '3'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  assert 'model resnet20, 8x8 images, batch 8' in result.stdout
+  rows = re.findall(r'log_every=\s*3 examples=\s*(\d+):\s+(\d+) steps/s',
+                    result.stdout)
+  assert [int(n) for n, _ in rows] == [64, 96]
+  assert all(int(rate) > 0 for _, rate in rows)
