@@ -12,8 +12,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, evaluate, predict, preemption, reporting
-from resnet_jax import train
+from resnet_jax import checkpoint, compile_cache, evaluate, predict
+from resnet_jax import preemption, reporting, train
 from resnet_jax.errors import UserError, exit_with
 
 MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
@@ -102,6 +102,7 @@ def main(argv):
   if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
     exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
   initialize_distributed()
+  compile_cache.enable()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
   # A failed save is reported as one error line (checkpoint.SaveError); its
   # ERROR logs from background threads, tracebacks included, would repeat it.
