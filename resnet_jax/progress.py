@@ -68,7 +68,12 @@ def check_finite(fetched, first_step, on_nonfinite, active, members):
 
 class ProgressLog:
   """Train metrics every train.log_every steps and validation metrics, to the
-  reporter (files, TensorBoard, plots) and the progress bar (process 0)."""
+  reporter (files, TensorBoard, plots) and the progress bar (process 0).
+
+  An interval's train metrics are fetched when the next interval is logged
+  (or at `flush`), so the fetch never waits for a step still running: the
+  devices always have the steps of one interval queued.
+  """
 
   def __init__(self, config, reporter, start: int, steps_per_epoch: int,
                active):
@@ -79,15 +84,28 @@ class ProgressLog:
     self.bar = tqdm(total=config.train.steps, initial=start, unit='step',
                     dynamic_ncols=True, disable=jax.process_index() != 0)
     self.last_log, self.images_per_sec, self.skipped = None, None, 0
+    self._queued = None  # (step, metrics) of the interval not yet recorded.
 
   def train(self, step: int, pending: list):
+    """Queues the metrics of the steps up to `step`; records the interval
+    queued before (whose steps have all run by now, in a steady loop)."""
+    self.flush()
+    self._queued = (step, pending)
+
+  def flush(self):
+    """Records the queued interval: before an evaluation, a save, the end."""
+    if self._queued:
+      (step, pending), self._queued = self._queued, None
+      self._record(step, pending)
+
+  def _record(self, step: int, pending: list):
     """Fetches the metrics of the steps up to `step` and records their mean."""
     fetched = jax.device_get(pending)
     skipped, self.active = check_finite(
         fetched, step - len(fetched) + 1, self.config.train.on_nonfinite,
         self.active, self.members)
     self.skipped += skipped
-    now = time.perf_counter()
+    now = time.perf_counter()  # When the interval's last step had run.
     # Images of all members together; the first interval includes compilation.
     if self.last_log is not None:
       self.images_per_sec = (len(fetched) * self.config.train.batch_size

@@ -6,14 +6,16 @@ In WORKDIR (process 0 only):
   tensorboard/         TensorBoard event files (tensorboardX)
   plots/loss.png       train and validation loss against steps and epochs
   plots/accuracy.png   train and validation accuracy against steps and epochs
-  plots/learning_rate.png  the configured schedule (drawn before training
-                       starts) with the logged rates on top
+  plots/learning_rate.png  the configured schedule with the logged rates on
+                       top (--mode=plot_schedule draws it before a run)
   report.md            written at the end: config summary, parameter count,
                        best validation accuracy and its step, wall time,
                        images/s and the plots
 
-Plots and TensorBoard are best effort: a failure there prints one warning and
-never stops training.
+Plots are drawn at each evaluation (and at the end if records came since),
+not at start-up, where they would delay the first step by seconds. Plots and
+TensorBoard are best effort: a failure there prints one warning and never
+stops training.
 """
 import csv
 import json
@@ -63,6 +65,7 @@ class Reporter:
     self._schedule = None
     self._columns = None
     self._tb = None
+    self._unplotted = True  # Records written since the plots were drawn.
     if not self.enabled:
       return
     if os.path.exists(self.path):
@@ -74,12 +77,12 @@ class Reporter:
       os.replace(self.path + '.tmp', self.path)
     self._rewrite_csv()
     self._guard('tensorboard', self._open_tensorboard)
-    self._guard('plots', self.plot)
 
   def write(self, record: dict):
     """One record: {'step', 'epoch', 'train_*' or 'val_*', ...}."""
     if not self.enabled:
       return
+    self._unplotted = True
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     if set(record) - set(self._columns):
@@ -102,7 +105,8 @@ class Reporter:
     """Called once at the end with {'num_params', 'wall_time_s', ...}."""
     if not self.enabled:
       return
-    self._guard('plots', self.plot)
+    if self._unplotted:  # Else the last evaluation drew them.
+      self._guard('plots', self.plot)
     if self._tb is not None:
       self._guard('tensorboard', self._tensorboard_finish, summary)
       self._guard('tensorboard', self._tb.close)
@@ -118,6 +122,7 @@ class Reporter:
                  label_smoothing=self.config.train.label_smoothing)
     plot_schedule(self.config, os.path.join(self.plot_dir, 'learning_rate.png'),
                   history=history, points=self._schedule)
+    self._unplotted = False
 
   def _guard(self, what, fn, *args):
     """Runs fn; on failure warns once per `what` and carries on."""

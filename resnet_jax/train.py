@@ -344,6 +344,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
           log.train(step, pending)
           pending = []
         if step % config.train.eval_every == 0 or step == end:
+          log.flush()  # A diverged member must be known before the save.
           val = run_eval(state)
           finite = progress.check_validation(
               val, step, config.train.on_nonfinite, log.members)
@@ -359,6 +360,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
         signum = (signals.any_process_stopping()
                   if log_now or jax.process_count() == 1 else 0)
         if signum and step < end:
+          log.flush()
           if saved_step != step:
             checkpoint.save(manager, step, state, meta_now())
           raise preemption.Interrupted(signum, step, manager.directory)
