@@ -7,8 +7,9 @@ not run on. Each case builds the steps as train.py does on a GPU backend
 (`model.conv_impl=auto` resolves there to XLA's convolutions, no CPU-only
 compiler options), on 8 fake CPU devices for the mesh, and reports what the
 StableHLO holds: the custom calls (a CPU-only one or a host callback would
-fail or stall on a GPU), the number of convolutions, and the shardings of
-the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
+fail or stall on a GPU), the convolutions (how many, their element type,
+their feature and batch group counts: vmapped members make them grouped),
+and the shardings of the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
 """
 import os
 import re
@@ -18,6 +19,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 # pylint: disable=wrong-import-position
 import argparse
+import collections
 import json
 import unittest.mock
 
@@ -75,6 +77,13 @@ def report(module_text: str, exported) -> dict:
       'convolutions': len(re.findall(r'stablehlo\.convolution', module_text)),
       'convolution_types': sorted(set(re.findall(
           r'stablehlo\.convolution[^\n]*-> tensor<[^>]*x(\w+)>', module_text))),
+      # Vmapped members turn each convolution into a grouped one (feature
+      # groups = members, in the backward pass too): the kernels cuDNN and
+      # XLA:GPU run slowly (issue 31).
+      'convolution_groups': dict(sorted(collections.Counter(
+          f'feature {f}, batch {b}' for b, f in re.findall(
+              r'batch_group_count = (\d+) : i64, feature_group_count = (\d+)',
+              module_text)).items())),
       'mesh': re.findall(r'sdy\.mesh @\w+ = (<[^>]*>)', module_text),
       'arg_shardings': arg_shardings(module_text),
       'constraints': sorted(set(re.findall(
@@ -148,7 +157,8 @@ def main():
       for step, r in steps.items():
         shardings = sorted(set(r['arg_shardings'].values()))
         print(f'{platform} {name:28s} {step:10s} convolutions '
-              f'{r["convolutions"]:3d} {r["convolution_types"]}, kernel calls: '
+              f'{r["convolutions"]:3d} {r["convolution_types"]} '
+              f'{r["convolution_groups"]}, kernel calls: '
               f'{r["kernel_calls"] or "none"}, mesh {r["mesh"]},'
               f'\n  input shardings {shardings}'
               f'\n  constraints {r["constraints"]}')

@@ -39,6 +39,17 @@ def test_steps_lower_with_xla_convolutions_and_no_host_code(lowered, platform):
       assert report['kernel_calls'] == [], (name, step)
       assert report['convolutions'] == convs, (name, step)
       assert report['convolution_types'] == [dtype], (name, step)
+      # One member: plain convolutions. Vmapped members: grouped by member
+      # (forward and backward; sharded members too, in this global program
+      # the partitioner then splits). Evaluation feeds every member the same
+      # images, so its first convolution (one per view) is a plain one with
+      # the members' output channels side by side.
+      groups = int(name.split()[0])
+      shared_input = 2 if step == 'eval_step' and groups > 1 else 0
+      expected = {f'feature {groups}, batch 1': convs - shared_input}
+      if shared_input:
+        expected['feature 1, batch 1'] = shared_input
+      assert report['convolution_groups'] == expected, (name, step)
 
 
 def test_batch_and_members_are_sharded_as_intended(lowered):
