@@ -6,7 +6,8 @@ import os
 import re
 import sys
 
-import pytest
+import nbclient
+import nbformat
 
 from conftest import REAL_DATA, REPO, require_real_data
 
@@ -33,8 +34,6 @@ def outputs(cell) -> str:
 
 def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
   require_real_data()
-  nbclient = pytest.importorskip('nbclient')  # The test extra has it.
-  import nbformat  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv('JUPYTER_PATH', kernel_of_this_interpreter(tmp_path))
   monkeypatch.setenv('RESNET_JAX_CIFAR10_DIR', REAL_DATA)
   monkeypatch.delenv('MPLBACKEND', raising=False)  # Inline figures.
@@ -54,7 +53,6 @@ def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
 
 
 def test_saved_notebook_keeps_its_outputs_and_stays_small():
-  import nbformat  # pylint: disable=import-outside-toplevel
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   code = [c for c in notebook.cells if c.cell_type == 'code']
   assert all(c.execution_count for c in code)  # Executed, in order.
