@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -28,6 +29,10 @@ from resnet_jax import optim
 from resnet_jax.errors import CheckpointError
 
 SELECTIONS = ('best', 'best_loss', 'latest')
+# Orbax warns on every read-only manager, which inference asks for on
+# purpose: noise in a notebook (the command line shows errors only).
+absl_logging.get_absl_logger().addFilter(
+    lambda record: 'Given directory is read only' not in str(record.msg))
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -158,14 +163,20 @@ def select_step(manager, which: str) -> int:
   return min(scored, key=lambda sm: (sm[1]['val_loss'], -sm[0]))[0]
 
 
-def restore_meta(manager, step: int, config) -> dict:
-  """Reads a checkpoint's JSON record; refuses another architecture and a
-  checkpoint older than members."""
+def read_meta(manager, step: int) -> dict:
+  """A checkpoint's JSON record (architecture, normalization, class names,
+  config, members), unchecked."""
   try:
-    meta = manager.restore(step, args=ocp.args.Composite(
+    return manager.restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
   except Exception as e:  # Orbax raises several types for missing files.
     raise _corrupt(manager, step, e) from None
+
+
+def restore_meta(manager, step: int, config) -> dict:
+  """Reads a checkpoint's JSON record; refuses another architecture and a
+  checkpoint older than members."""
+  meta = read_meta(manager, step)
   if 'members' not in meta:
     raise CheckpointError(
         f'checkpoint {step} in {manager.directory} was written before runs '

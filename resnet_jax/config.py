@@ -124,6 +124,34 @@ def lookup(config, dotted: str):
   return value
 
 
+def unknown_key(config, dotted: str, shown_as: str = ''):
+  """None if `dotted` is a key of `config`, else a message naming it (as
+  `shown_as`, e.g. the flag) and the keys where the path stopped."""
+  node, parts = config, dotted.split('.')
+  for i, part in enumerate(parts):
+    if not hasattr(node, 'keys') or part not in node:
+      where = '.'.join(parts[:i]) or 'the config'
+      keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else ''
+      return (f'unknown config key {shown_as or dotted}; keys of {where}: '
+              f'{keys}')
+    node = node[part]
+  return None
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config with the keys added since (absent from older
+  runs) at their base_config() values, as a config file would give them."""
+  config = ml_collections.ConfigDict(saved)
+  for section, defaults in base_config().items():
+    if section not in config:
+      config[section] = defaults
+    elif isinstance(defaults, ml_collections.ConfigDict):
+      for key, value in defaults.items():
+        if key not in config[section]:
+          config[section][key] = value
+  return config
+
+
 def validate(config) -> None:
   """Raises ConfigError naming the key and the valid values."""
   for key, choices in CHOICES.items():

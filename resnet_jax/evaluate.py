@@ -17,27 +17,22 @@ import jax
 import numpy as np
 
 from resnet_jax import data, errors, inference, predict
-from resnet_jax import config as config_lib
 from resnet_jax.errors import DataError
-from resnet_jax.mesh import create_mesh
 
 
 def evaluate(config, workdir: str, which: str = 'best',
              split: str = 'test') -> dict:
-  config_lib.validate(config)
-  mesh = create_mesh()
-  members, step, meta = inference.restore(config, workdir, which, mesh)
+  restored = inference.restore_for_inference(config, workdir, which)
+  step, meta = restored.step, restored.meta
   examples = inference.load_split(config, split)
   names = list(data.class_names(config))
   if names != meta['class_names']:
     raise DataError(f'the data\'s classes {names[:5]}... differ from those '
                     f'checkpoint {step} was trained on '
                     f'{meta["class_names"][:5]}...: accuracy would be wrong')
-  normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
   sums, labels, _, predictions = inference.run(
-      eval_fn, members,
-      inference.chunks(examples, config.train.eval_batch_size, mesh),
+      restored.eval_fn(config.train.eval_flip), restored.members,
+      inference.chunks(examples, config.train.eval_batch_size, restored.mesh),
       keep_probabilities=False)
   metrics = inference.metrics(sums)
   write_confusion(workdir, split, step, labels, predictions,

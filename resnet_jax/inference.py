@@ -11,6 +11,7 @@ time (constant memory). The two are the same function fed by two iterators.
 The ensemble of several members averages their probabilities; with one
 member, the ensemble is that member.
 """
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import checkpoint, data, mesh as mesh_lib, models
+from resnet_jax import config as config_lib
 from resnet_jax.data import augment, stream
 from resnet_jax.errors import ConfigError
 
@@ -223,6 +225,50 @@ def restore(config, workdir: str, which: str, mesh):
   members = Members(models.from_config(config).apply, variables['params'],
                     variables['batch_stats'])
   return members, step, meta
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint ready for inference: its members (every one, whose
+  ensemble predicts, or the one asked for), step, JSON record (checkpoint.
+  make_meta) and the mesh the members live on."""
+  members: Members
+  step: int
+  meta: dict
+  mesh: Any
+  # make_eval_fn per flip setting, so repeated predictions compile once.
+  _eval_fns: dict = dataclasses.field(default_factory=dict, repr=False,
+                                      compare=False)
+
+  @property
+  def normalization(self) -> tuple[list, list]:
+    """The per-channel (mean, std) the checkpoint was trained with."""
+    return self.meta['normalization']['mean'], self.meta['normalization']['std']
+
+  def eval_fn(self, flip: bool = False):
+    if flip not in self._eval_fns:
+      self._eval_fns[flip] = make_eval_fn(self.normalization, self.mesh, flip)
+    return self._eval_fns[flip]
+
+  def predict(self, split, batch_size: int, flip: bool = False):
+    """(metrics, probabilities (N, C), predictions (N,)) of every example of
+    `split` (a data.Split in memory)."""
+    sums, _, probabilities, predictions = run(
+        self.eval_fn(flip), self.members, chunks(split, batch_size, self.mesh))
+    return metrics(sums), probabilities, predictions
+
+
+def restore_for_inference(config, workdir: str, which='best',
+                          member=None) -> Restored:
+  """Checkpoint `which` of `workdir` on this host's devices, with every
+  member or member `member` alone: --mode=evaluate, samples, predict and
+  resnet_jax.load all start here."""
+  config_lib.validate(config)
+  mesh = mesh_lib.create_mesh()
+  members, step, meta = restore(config, workdir, which, mesh)
+  if member is not None:
+    members, meta = select_member(members, meta, member)
+  return Restored(members, step, meta, mesh)
 
 
 def select_member(members: Members, meta, k: int):

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from resnet_jax import checkpoint, compile_cache, evaluate, predict
 from resnet_jax import preemption, reporting, train
+from resnet_jax import config as config_lib
 from resnet_jax.errors import UserError, exit_with
 
 MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
@@ -72,16 +73,11 @@ def _unknown_config_key(argv) -> str:
               None)
   config = runpy.run_path(path)['get_config']() if path else None
   for arg in argv:
-    if not arg.startswith('--config.') or config is None:
-      continue
-    node, parts = config, arg[len('--config.'):].split('=')[0].split('.')
-    for i, part in enumerate(parts):
-      if not hasattr(node, 'keys') or part not in node:
-        where = '.'.join(parts[:i]) or 'the config'
-        keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else ''
-        return (f'unknown config key {arg.split("=")[0]}; keys of {where}: '
-                f'{keys}')
-      node = node[part]
+    if arg.startswith('--config.') and config is not None:
+      flag = arg.split('=')[0]
+      unknown = config_lib.unknown_key(config, flag[len('--config.'):], flag)
+      if unknown:
+        return unknown
   return 'unknown config key in ' + ' '.join(argv[1:])
 
 

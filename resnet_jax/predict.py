@@ -18,25 +18,13 @@ import jax
 import numpy as np
 
 from resnet_jax import data, inference
-from resnet_jax import config as config_lib
 from resnet_jax.data import folder
 from resnet_jax.errors import ConfigError, DataError, require
-from resnet_jax.mesh import create_mesh
 
 TOP_K = 5
 DPI = 100
 # Samples grid: inches per tile.
 TILE_WIDTH, TILE_HEIGHT = 1.8, 2.0
-
-
-def _restore(config, workdir, which, member=None):
-  config_lib.validate(config)
-  mesh = create_mesh()
-  state, step, meta = inference.restore(config, workdir, which, mesh)
-  if member is not None:
-    state, meta = inference.select_member(state, meta, member)
-  normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  return state, step, meta, normalization, mesh
 
 
 def used_members(meta) -> list[dict]:
@@ -75,8 +63,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   if num_samples < 1:
     raise ConfigError(f'--num_samples={num_samples} must be >= 1')
   seed = config.seed if seed is None else seed
-  state, step, meta, normalization, mesh = _restore(config, workdir, which,
-                                                    member)
+  restored = inference.restore_for_inference(config, workdir, which, member)
+  step, meta = restored.step, restored.meta
   examples = inference.load_split(config, split)
   class_names = meta['class_names']
   count = min(num_samples, len(examples))
@@ -86,9 +74,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
     chosen = data.Split(examples.images[indices], examples.labels[indices])
   else:
     chosen = examples.load(indices)
-  _, probabilities, predictions = inference.predict_split(
-      state, chosen, normalization, config.train.eval_batch_size, mesh,
-      config.train.eval_flip)
+  _, probabilities, predictions = restored.predict(
+      chosen, config.train.eval_batch_size, config.train.eval_flip)
   rows = [{'index': int(i), 'label': class_names[int(y)],
            'prediction': class_names[int(p)],
            'probability': float(probabilities[n, p]), 'correct': bool(y == p)}
@@ -208,13 +195,12 @@ def predict(config, workdir: str, which: str = 'best', images: str = '',
   (the members' averaged probabilities) or of member `member` alone."""
   paths = image_paths(images)  # Bad paths fail before the model loads.
   decoded = decode_images(paths, config.data.image_size, config.data.grayscale)
-  state, step, meta, normalization, mesh = _restore(config, workdir, which,
-                                                    member)
+  restored = inference.restore_for_inference(config, workdir, which, member)
+  step, meta = restored.step, restored.meta
   class_names = meta['class_names']
   split = data.Split(decoded, np.zeros(len(paths), np.int32))
-  _, probabilities, _ = inference.predict_split(
-      state, split, normalization, config.train.eval_batch_size, mesh,
-      config.train.eval_flip)
+  _, probabilities, _ = restored.predict(split, config.train.eval_batch_size,
+                                         config.train.eval_flip)
   k = min(TOP_K, len(class_names))
   results = []
   for path, p in zip(paths, probabilities):

@@ -43,6 +43,16 @@ def pytest_unconfigure(config):
                   ignore_errors=True)
 
 
+def require_real_data():
+  """Skips a test without the real CIFAR-10 beside the repo (REAL_DATA),
+  or fails it where RESNET_JAX_REQUIRE_DATA is set (CI)."""
+  if not os.path.isdir(REAL_DATA):
+    message = f'real CIFAR-10 not found at {REAL_DATA}'
+    if os.environ.get('RESNET_JAX_REQUIRE_DATA'):
+      pytest.fail(message + ' (RESNET_JAX_REQUIRE_DATA is set)')
+    pytest.skip(message)
+
+
 def tiny_config(**overrides):
   """ResNet-8 on 16x16 synthetic data: compiles and runs in seconds."""
   c = config_lib.base_config()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REAL_DATA, REPO, run_cli
+from conftest import REAL_DATA, REPO, require_real_data, run_cli
 from resnet_jax import data, inference, models, train
 from resnet_jax.errors import CheckpointError
 
@@ -39,14 +39,6 @@ def load_config(run):
   config.data.source = 'cifar10_binary'
   config.data.dir = REAL_DATA
   return config
-
-
-def require_real_data():
-  if not os.path.isdir(REAL_DATA):
-    message = f'real CIFAR-10 not found at {REAL_DATA}'
-    if os.environ.get('RESNET_JAX_REQUIRE_DATA'):
-      pytest.fail(message + ' (RESNET_JAX_REQUIRE_DATA is set)')
-    pytest.skip(message)
 
 
 def test_every_shipped_run_has_a_threshold():

@@ -1,20 +1,14 @@
 """ResNet-20 learns on the real CIFAR-10 training images (about a minute)."""
-import os
-
 import pytest
 
-from conftest import REAL_DATA
+from conftest import REAL_DATA, require_real_data
 from resnet_jax import config as config_lib
 from resnet_jax import train
 
 
 @pytest.mark.slow
 def test_resnet20_learns_real_cifar10(tmp_path):
-  if not os.path.isdir(REAL_DATA):
-    message = f'real CIFAR-10 not found at {REAL_DATA}'
-    if os.environ.get('RESNET_JAX_REQUIRE_DATA'):
-      pytest.fail(message + ' (RESNET_JAX_REQUIRE_DATA is set)')
-    pytest.skip(message)
+  require_real_data()
   config = config_lib.base_config()
   config.data.source = 'cifar10_binary'
   config.data.dir = REAL_DATA
