@@ -20,7 +20,9 @@ measured:
                 ResNet-20 at batch 128 and 512, float32 and bfloat16 (rows
                 kept if the stage runs out of time)
   members       bench/members.py: total images/s of 1 and 8 members
-                trained in one step (train.num_seeds)
+                trained in one step (train.num_seeds), the 8 all vmapped
+                (grouped convolutions) and one per jitted call
+                (train.member_chunk=1)
   accuracy      bench/time_to_accuracy.py: process start to 91.25%
                 validation accuracy with configs/resnet_conv_fast.py (batch
                 128)
@@ -67,8 +69,8 @@ def stage_args(args):
                             '--dtypes', 'float32', '--steps', '2',
                             '--warmup', '1', '--examples', '128'],
                 members=['--model', 'resnet8', '--batch-size', '16',
-                         '--members', '1,2', '--steps', '2', '--warmup', '1',
-                         '--examples', '128'],
+                         '--members', '1,2', '--member_chunk', '0,1',
+                         '--steps', '2', '--warmup', '1', '--examples', '128'],
                 accuracy=['--config.train.steps=8',
                           '--config.train.eval_every=4',
                           '--config.train.warmup_steps=2'])
@@ -78,7 +80,9 @@ def stage_args(args):
               throughput=['--models', 'resnet20', '--batch-sizes', '128,512',
                           '--dtypes', 'float32,bfloat16', '--steps', '30',
                           '--warmup', '3'],
-              members=['--members', '1,8', '--steps', '20', '--warmup', '3'],
+              # All 8 vmapped (grouped convolutions) and one per call.
+              members=['--members', '1,8', '--member_chunk', '0,1', '--steps',
+                       '20', '--warmup', '3'],
               accuracy=[])
 
 

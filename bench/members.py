@@ -36,9 +36,11 @@ def main():
   p.add_argument('--dtype', default='float32')
   p.add_argument('--steps', type=int, default=10, help='timed steps')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps')
-  p.add_argument('--member_chunk', type=int, default=0,
-                 help='train.member_chunk: members vmapped at a time (0: '
-                 'auto, 1 on the CPU backend, all at once elsewhere)')
+  p.add_argument('--member_chunk', default='0',
+                 help='train.member_chunk, comma-separated to compare: members '
+                 'vmapped at a time (0: auto, 1 on the CPU backend, all at '
+                 'once elsewhere; 1: one member per jitted call, no grouped '
+                 'convolutions)')
   p.add_argument('--examples', type=int, default=EXAMPLES,
                  help='training-set size each member samples from (1024: the '
                  'old 8 batches of 128)')
@@ -51,30 +53,32 @@ def main():
            else f'{cpu_model()}, {os.cpu_count()} cores')
   from resnet_jax import config as config_lib, train
   auto = train.member_chunk_auto(config_lib.base_config()) or 'all'
-  chunk = args.member_chunk or f'0 (auto: {auto})'
   print(f'# jax {jax.__version__} on {where}; {args.model}, batch '
-        f'{args.batch_size} per member, {args.dtype}, member_chunk '
-        f'{chunk}; command: '
-        f'{" ".join(sys.argv)}')
-  print('| members | total img/s | step ms | step time vs 1 member '
-        '| compile s |')
-  print('|---|---|---|---|---|')
+        f'{args.batch_size} per member, {args.dtype}, member_chunk 0 is auto '
+        f'({auto}); command: {" ".join(sys.argv)}')
+  print('| members | member_chunk | total img/s | step ms | step time vs 1 '
+        'member | compile s |')
+  print('|---|---|---|---|---|---|')
   rows, one_step = [], None
   for count in map(int, args.members.split(',')):
-    rate, compile_s = bench_jax(DEPTH[args.model], args.batch_size, args.dtype,
-                                args.steps, args.warmup, num_seeds=count,
-                                member_chunk=args.member_chunk,
-                                examples=args.examples)
-    step_ms = 1000 * count * args.batch_size / rate
-    one_step = one_step or (step_ms if count == 1 else None)
-    relative = f'{step_ms / one_step:.2f}x' if one_step else '-'
-    print(f'| {count} | {rate:,.0f} | {step_ms:.1f} | {relative} | '
-          f'{compile_s:.1f} |', flush=True)
-    rows.append({'members': count, 'images_per_sec': rate, 'step_ms': step_ms,
-                 'compile_s': compile_s, 'examples': args.examples})
-    if args.json:  # Row by row: a run stopped midway keeps its rows.
-      write_json(args.json, {'command': ' '.join(sys.argv), 'device': where,
-                             'jax': jax.__version__, 'rows': rows})
+    # One member is one program whatever the chunk: timed once.
+    for chunk in map(int, args.member_chunk.split(',')[:1 if count == 1
+                                                         else None]):
+      rate, compile_s = bench_jax(DEPTH[args.model], args.batch_size,
+                                  args.dtype, args.steps, args.warmup,
+                                  num_seeds=count, member_chunk=chunk,
+                                  examples=args.examples)
+      step_ms = 1000 * count * args.batch_size / rate
+      one_step = one_step or (step_ms if count == 1 else None)
+      relative = f'{step_ms / one_step:.2f}x' if one_step else '-'
+      print(f'| {count} | {chunk} | {rate:,.0f} | {step_ms:.1f} | {relative} '
+            f'| {compile_s:.1f} |', flush=True)
+      rows.append({'members': count, 'member_chunk': chunk,
+                   'images_per_sec': rate, 'step_ms': step_ms,
+                   'compile_s': compile_s, 'examples': args.examples})
+      if args.json:  # Row by row: a run stopped midway keeps its rows.
+        write_json(args.json, {'command': ' '.join(sys.argv), 'device': where,
+                               'jax': jax.__version__, 'rows': rows})
 
 
 if __name__ == '__main__':

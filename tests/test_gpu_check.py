@@ -47,7 +47,8 @@ def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   assert row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
   stage = report['stages']['members']
   assert stage['ok'] and 'members.py' in stage['commands']['members']
-  assert [row['members'] for row in stage['figures']['rows']] == [1, 2]
+  assert [(row['members'], row['member_chunk'])
+          for row in stage['figures']['rows']] == [(1, 0), (2, 0), (2, 1)]
   assert all(row['images_per_sec'] > 0 for row in stage['figures']['rows'])
 
 
