@@ -12,10 +12,14 @@ In WORKDIR (process 0 only):
                        best validation accuracy and its step, wall time,
                        images/s and the plots
 
-Plots and TensorBoard are best effort: a failure there prints one warning and
-never stops training.
+Every file is replaced whole or appended to (workdir.py): a crash or a full
+disk never leaves a part of one. metrics.jsonl and metrics.csv are what a
+resume needs: a failed write ends the run with one error line, the files as
+they were. Plots, TensorBoard and report.md are best effort: a failure there
+prints one warning and never stops training.
 """
 import csv
+import io
 import json
 import os
 import statistics
@@ -27,6 +31,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import optim
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import require
 
 # Plot size in pixels: FIGSIZE inches at DPI.
@@ -48,7 +53,8 @@ class Reporter:
   after each evaluation and `finish` once at the end.
 
   On resume, records past the restored step (written after the checkpoint
-  the run resumes from) are dropped, so the files tell one consistent story.
+  the run resumes from) are dropped, so the files tell one consistent story;
+  so is a torn last line, with a warning.
   """
 
   def __init__(self, workdir: str, config, resume_step: int = 0):
@@ -66,12 +72,13 @@ class Reporter:
     if not self.enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path + '.tmp', 'w') as f:
-        f.writelines(kept)
-      os.replace(self.path + '.tmp', self.path)
+      records, set_aside = workdir_lib.read_jsonl(self.path)
+      if set_aside:
+        print(f'warning: {self.path}: dropped {set_aside} bytes of torn or '
+              'unreadable lines (a write cut short by a crash or a full '
+              'disk); the run goes on from its checkpoint', file=sys.stderr)
+      workdir_lib.write_text(self.path, ''.join(
+          json.dumps(r) + '\n' for r in records if r['step'] <= resume_step))
     self._rewrite_csv()
     self._guard('tensorboard', self._open_tensorboard)
     self._guard('plots', self.plot)
@@ -80,13 +87,13 @@ class Reporter:
     """One record: {'step', 'epoch', 'train_*' or 'val_*', ...}."""
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    workdir_lib.append(self.path, json.dumps(record) + '\n')
     if set(record) - set(self._columns):
       self._rewrite_csv()  # A new key: a new column for every row.
     else:
-      with open(self.csv_path, 'a', newline='') as f:
-        csv.DictWriter(f, self._columns).writerow(_csv_row(record))
+      row = io.StringIO()
+      csv.DictWriter(row, self._columns).writerow(_csv_row(record))
+      workdir_lib.append(self.csv_path, row.getvalue())
     if self._tb is not None:
       self._guard('tensorboard', self._tensorboard_write, record)
 
@@ -164,13 +171,19 @@ class Reporter:
     history = read_history(self.workdir) if os.path.exists(self.path) else []
     text = report_markdown(self.config, summary, history,
                            resume_step=self.resume_step)
-    with open(os.path.join(self.workdir, 'report.md'), 'w') as f:
-      f.write(text)
+    workdir_lib.write_text(os.path.join(self.workdir, 'report.md'), text)
 
 
 def read_history(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The whole records of metrics.jsonl; a torn line is left out, with a
+  one-line warning (a run in progress may be writing it)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  records, set_aside = workdir_lib.read_jsonl(path)
+  if set_aside:
+    print(f'warning: {path}: left out {set_aside} bytes of torn or unreadable '
+          'lines (a write cut short by a crash, a full disk, or in progress)',
+          file=sys.stderr)
+  return records
 
 
 # CSV ------------------------------------------------------------------------
@@ -186,11 +199,11 @@ def _csv_row(record):
 
 
 def write_csv(history, path):
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, csv_columns(history))
-    writer.writeheader()
-    writer.writerows(_csv_row(r) for r in history)
-  os.replace(path + '.tmp', path)
+  text = io.StringIO()
+  writer = csv.DictWriter(text, csv_columns(history))
+  writer.writeheader()
+  writer.writerows(_csv_row(r) for r in history)
+  workdir_lib.write_text(path, text.getvalue())
 
 
 # TensorBoard -----------------------------------------------------------------
@@ -256,7 +269,7 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
     if ax.lines:
       ax.legend()
     _epoch_axis(ax, history)
-    fig.savefig(os.path.join(plot_dir, f'{name}.png'))
+    workdir_lib.save_figure(fig, os.path.join(plot_dir, f'{name}.png'))
 
 
 def member_keys(history, key: str) -> list[str]:
@@ -319,8 +332,7 @@ def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
   if steps_per_epoch:
     history = [{'step': steps_per_epoch, 'epoch': 1.0}]
   _epoch_axis(ax, history)
-  fig.savefig(path)
-  return path
+  return workdir_lib.save_figure(fig, path)
 
 
 # report.md -------------------------------------------------------------------
