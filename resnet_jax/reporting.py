@@ -3,7 +3,7 @@
 In WORKDIR (process 0 only):
   metrics.jsonl        one JSON object per log interval or evaluation
   metrics.csv          the same records as CSV, one row per JSON line
-  tensorboard/         TensorBoard event files (tensorboardX)
+  tensorboard/         TensorBoard event files (tensorboardX's format)
   plots/loss.png       train and validation loss against steps and epochs
   plots/accuracy.png   train and validation accuracy against steps and epochs
   plots/learning_rate.png  the configured schedule (drawn before training
@@ -22,7 +22,9 @@ import csv
 import io
 import json
 import os
+import socket
 import statistics
+import struct
 import sys
 import time
 
@@ -101,8 +103,6 @@ class Reporter:
     """Called after each evaluation's record is written: redraws the plots."""
     if not self.enabled:
       return
-    if self._tb is not None:
-      self._guard('tensorboard', self._tb.flush)
     self._guard('plots', self.plot)
 
   def finish(self, summary: dict):
@@ -112,7 +112,6 @@ class Reporter:
     self._guard('plots', self.plot)
     if self._tb is not None:
       self._guard('tensorboard', self._tensorboard_finish, summary)
-      self._guard('tensorboard', self._tb.close)
       self._tb = None
     self._guard('report', self._write_report, summary)
 
@@ -133,8 +132,10 @@ class Reporter:
     except Exception as e:  # Reporting must never stop training.
       if what not in self._warned:
         self._warned.add(what)
+        cause = (e.what if isinstance(e, workdir_lib.WriteError)
+                 else f'{type(e).__name__}: {e}')
         print(f'warning: {what} failed (training goes on; later failures '
-              f'are not reported): {type(e).__name__}: {e}', file=sys.stderr)
+              f'are not reported): {cause}', file=sys.stderr)
       if what == 'tensorboard':
         self._tb = None
 
@@ -144,28 +145,23 @@ class Reporter:
     self._columns = csv_columns(history)
 
   def _open_tensorboard(self):
-    SummaryWriter = require('tensorboardX', 'tensorboardX',
-                            'TensorBoard logging').SummaryWriter
     # On resume, TensorBoard hides the events from earlier runs past the
     # restored step, as the JSON lines drop them.
-    # The suffix keeps a resume within the same second (the file name's
-    # timestamp) from overwriting the previous file, and sorts after it.
-    self._tb = SummaryWriter(
-        os.path.join(self.workdir, 'tensorboard'),
-        purge_step=self.resume_step + 1 if self.resume_step else None,
-        filename_suffix=f'.{time.time_ns()}')
+    self._tb = EventFile(os.path.join(self.workdir, 'tensorboard'),
+                         purge_step=self.resume_step + 1 if self.resume_step
+                         else None)
     if not self.resume_step:
-      self._tb.add_text('config', '```\n' + self.config.to_json_best_effort(
-          indent=2) + '\n```', 0)
+      self._tb.add(0, texts={'config': '```\n' + self.config.to_json_best_effort(
+          indent=2) + '\n```'})
 
   def _tensorboard_write(self, record):
-    for key, value in record.items():
-      if key != 'step' and value is not None:
-        self._tb.add_scalar(tensorboard_tag(key), value, record['step'])
+    self._tb.add(record['step'], scalars={
+        tensorboard_tag(key): value for key, value in record.items()
+        if key != 'step' and value is not None})
 
   def _tensorboard_finish(self, summary):
     lines = [f'{k}: {v}' for k, v in summary.items()]
-    self._tb.add_text('summary', '  \n'.join(lines), summary.get('step', 0))
+    self._tb.add(summary.get('step', 0), texts={'summary': '  \n'.join(lines)})
 
   def _write_report(self, summary):
     history = read_history(self.workdir) if os.path.exists(self.path) else []
@@ -207,6 +203,53 @@ def write_csv(history, path):
 
 
 # TensorBoard -----------------------------------------------------------------
+
+
+class EventFile:
+  """A TensorBoard event file, appended to by the caller's thread.
+
+  tensorboardX's SummaryWriter writes from a thread of its own: a full disk
+  kills it with a traceback, and its bounded queue then blocks training for
+  good. Here each call's events are appended whole or not at all
+  (workdir.append), and a failure raises where Reporter._guard warns.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    require('tensorboardX', 'tensorboardX', 'TensorBoard logging')
+    # pylint: disable=import-outside-toplevel
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+    self._summary, self._event_pb2, self._crc = summary, event_pb2, masked_crc32c
+    os.makedirs(logdir, exist_ok=True)
+    # SummaryWriter's name; the suffix keeps a resume within the same second
+    # from reusing the previous file, and sorts after it.
+    self.path = os.path.join(logdir, f'events.out.tfevents.{int(time.time())}.'
+                             f'{socket.gethostname()}.{time.time_ns()}')
+    events = [event_pb2.Event(file_version='brain.Event:2')]
+    if purge_step:  # TensorBoard drops the earlier events from here on.
+      events += [event_pb2.Event(step=purge_step, file_version='brain.Event:2'),
+                 event_pb2.Event(step=purge_step, session_log=event_pb2.SessionLog(
+                     status=event_pb2.SessionLog.START))]
+    self._append(events)
+
+  def add(self, step: int, scalars=None, texts=None):
+    """Scalars {tag: value} and texts {tag: markdown} at `step`."""
+    summaries = ([self._summary.scalar(t, v) for t, v in (scalars or {}).items()]
+                 + [self._summary.text(t, v) for t, v in (texts or {}).items()])
+    self._append([self._event_pb2.Event(step=int(step), summary=s)
+                  for s in summaries])
+
+  def _append(self, events):
+    """TFRecords: length, its masked CRC32C, the event, its masked CRC32C."""
+    records = []
+    for event in events:
+      event.wall_time = time.time()
+      data = event.SerializeToString()
+      header = struct.pack('Q', len(data))
+      records += [header, struct.pack('I', self._crc(header)), data,
+                  struct.pack('I', self._crc(data))]
+    workdir_lib.append(self.path, b''.join(records))
 
 
 def tensorboard_tag(key: str) -> str:

@@ -44,12 +44,11 @@ class WorkdirBusy(UserError):
 class WriteError(UserError):
   """A file could not be written (a full disk, a quota); it is unchanged."""
 
-
-def write_error(path: str, error: OSError) -> WriteError:
-  return WriteError(
-      f'writing {path} failed: {type(error).__name__}: '
-      f'{error.strerror or error}; it holds what it held before: free some '
-      'space and rerun the same command')
+  def __init__(self, path: str, error: OSError):
+    self.what = (f'writing {path} failed: {type(error).__name__}: '
+                 f'{error.strerror or error}')
+    super().__init__(f'{self.what}; it holds what it held before: free some '
+                     'space and rerun the same command')
 
 
 # The lock --------------------------------------------------------------------
@@ -109,7 +108,7 @@ class RunLock:
       try:
         self._write_record(fd)
       except OSError as e:
-        raise write_error(self.path, e) from None
+        raise WriteError(self.path, e) from None
     except BaseException:
       os.close(fd)
       raise
@@ -212,7 +211,7 @@ def write_text(path: str, text: str):
     with atomic_file(path) as f:
       f.write(text)
   except OSError as e:
-    raise write_error(path, e) from None
+    raise WriteError(path, e) from None
 
 
 def save_figure(fig, path: str):
@@ -222,26 +221,26 @@ def save_figure(fig, path: str):
     with atomic_file(path, 'wb') as f:
       fig.savefig(f, format=os.path.splitext(path)[1][1:] or 'png')
   except OSError as e:
-    raise write_error(path, e) from None
+    raise WriteError(path, e) from None
   return path
 
 
-def append(path: str, text: str):
+def append(path: str, text: str | bytes):
   """Appends `text` to `path`; if it cannot all be written, the file is cut
   back to what it held and WriteError is raised."""
-  data = memoryview(text.encode())
+  data = memoryview(text.encode() if isinstance(text, str) else text)
   try:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     size = os.fstat(fd).st_size
   except OSError as e:
-    raise write_error(path, e) from None
+    raise WriteError(path, e) from None
   try:
     while data:
       data = data[os.write(fd, data):]
   except OSError as e:
     with contextlib.suppress(OSError):
       os.ftruncate(fd, size)  # Shrinking needs no space.
-    raise write_error(path, e) from None
+    raise WriteError(path, e) from None
   finally:
     os.close(fd)
 
