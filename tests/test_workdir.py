@@ -371,3 +371,10 @@ def test_random_kills_then_resume_equal_an_uninterrupted_run(tmp_path):
   train.train_and_evaluate(config, str(workdir))
   assert_same_run(workdir, reference)
   print(f'{kills} kills in {took:.0f} s')
+  # Nothing to clean by hand: a killed write's hidden temporary file at most
+  # (the next write of its file removes it once stale).
+  assert all(name.isdigit() for name in os.listdir(workdir / 'checkpoints'))
+  assert {name for name in os.listdir(workdir)
+          if not (name.startswith('.') and name.endswith('.tmp'))} == {
+      '.lock', 'checkpoints', 'config.json', 'metrics.jsonl', 'metrics.csv',
+      'plots', 'tensorboard', 'report.md'}
