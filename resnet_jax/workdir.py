@@ -61,25 +61,26 @@ class RunLock:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILE)
     self._fd = None
+    self._created = False  # The workdir, by this lock.
     self._stop = threading.Event()
     self._heartbeat = None
 
   def __enter__(self):
-    refusal = None
+    error = None
     if jax.process_index() == 0:
       try:
         self._take()
-      except UserError as e:
-        refusal = str(e)
+      except UserError as e:  # WorkdirBusy, or WriteError on a full disk.
+        error = e
     if jax.process_count() > 1:  # The other processes stop with process 0.
-      busy = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
-      if busy and refusal is None:
-        refusal = f'process 0 could not take {self.path}'
-    if refusal:
-      raise WorkdirBusy(refusal)
+      failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+      if failed and error is None:
+        error = WorkdirBusy(f'process 0 could not take {self.path}')
+    if error:
+      raise error
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *exc):
     if self._fd is None:
       return
     self._stop.set()
@@ -88,9 +89,18 @@ class RunLock:
       os.ftruncate(self._fd, 0)  # Released: no host needs to wait.
     os.close(self._fd)  # Releases the flock.
     self._fd = None
+    workdir = os.path.dirname(self.path)
+    if exc_type and self._created and os.listdir(workdir) == [LOCK_FILE]:
+      # A run that failed before writing anything (a bad data.dir) leaves
+      # no workdir behind.
+      with contextlib.suppress(OSError):
+        os.unlink(self.path)
+        os.rmdir(workdir)
 
   def _take(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    workdir = os.path.dirname(self.path)
+    self._created = not os.path.isdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
       try:
