@@ -62,6 +62,7 @@ class RunLock:
     self.path = os.path.join(workdir, LOCK_FILE)
     self._fd = None
     self._created = False  # The workdir, by this lock.
+    self._record = None  # Host, pid, since; written with a heartbeat.
     self._stop = threading.Event()
     self._heartbeat = None
 
@@ -159,7 +160,8 @@ def read_holder(fd) -> dict | None:
     if not data.strip():
       return None
     try:
-      return json.loads(data)
+      record = json.loads(data)
+      return record if isinstance(record, dict) else None
     except ValueError:
       time.sleep(0.05)
   return None
