@@ -26,6 +26,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax import config as config_lib
 from resnet_jax import optim
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import CheckpointError
 
 SELECTIONS = ('best', 'best_loss', 'latest')
@@ -268,17 +269,18 @@ def restore_or_init(manager, config, state, workdir):
   return state, step, meta
 
 
-def archive_previous_run(workdir: str) -> str:
-  """Moves a workdir's contents to WORKDIR/archive-TIME/: a fresh start that
-  deletes nothing."""
-  names = [n for n in os.listdir(workdir) if not n.startswith('archive-')]
+def archive_previous_run(workdir: str) -> str | None:
+  """Moves a workdir's contents, but the run's lock, to WORKDIR/archive-TIME/:
+  a fresh start that deletes nothing. None if there was nothing to move."""
+  names = [n for n in os.listdir(workdir)
+           if not n.startswith('archive-') and n != workdir_lib.LOCK_FILE]
   target = os.path.join(workdir, f'archive-{time.strftime("%Y%m%d-%H%M%S")}')
   if jax.process_index() == 0 and names:
     os.makedirs(target)
     for name in names:
       os.rename(os.path.join(workdir, name), os.path.join(target, name))
   multihost_sync('archive')
-  return target
+  return target if names else None
 
 
 def newest_intact(manager, workdir: str, restore):
@@ -312,7 +314,13 @@ def multihost_sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
-def _corrupt(manager, step, error) -> CorruptCheckpointError:
+def _corrupt(manager, step, error) -> CheckpointError:
+  if not os.path.isdir(os.path.join(manager.directory, str(step))):
+    # A run training in the workdir deleted it (retention) as it was read.
+    return CheckpointError(
+        f'checkpoint {step} in {manager.directory} was deleted while it was '
+        'read (a run training there keeps only its latest and best steps); '
+        'rerun, or choose a step with --checkpoint')
   first_line = (str(error).splitlines() or [''])[0][:200]
   return CorruptCheckpointError(
       f'checkpoint {step} in {manager.directory} is unreadable: '

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import models, reporting
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import UserError, exit_with, require
 
 GROUPS = ('name', 'family', 'none')
@@ -176,8 +177,7 @@ def draw(runs, path: str, group: str):
   axes[0].set_ylim(0, min(100, 2 * max(final, default=50)))
   axes[0].set_ylabel('error (%)')
   fig.suptitle('training error (thin) and validation error (bold)')
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path)
+  workdir_lib.save_figure(fig, path)
 
 
 def set_labels(runs, labels: str | None):
@@ -218,9 +218,7 @@ def main(argv=None):
     table = markdown_table(runs)
     draw(runs, args.out, args.group)
     if args.table:
-      os.makedirs(os.path.dirname(args.table) or '.', exist_ok=True)
-      with open(args.table, 'w') as f:
-        f.write(table)
+      workdir_lib.write_text(args.table, table)
   except (UserError, OSError) as e:
     exit_with(str(e))
   print(table, end='')

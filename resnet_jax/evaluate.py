@@ -5,7 +5,8 @@ deviation over members, each member's figures and the ensemble's (the
 members' averaged probabilities); the confusion matrix is the ensemble's.
 
 Besides the metrics, prints per-class accuracy and writes it, with a
-confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/. The split is
+confusion-matrix PNG, to WORKDIR/eval/SPLIT_stepSTEP/, each replaced whole
+(workdir.atomic_file: two evaluations at once never tear one). The split is
 evaluated by inference.run, in memory or streamed from disk when it is too
 large.
 """
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from resnet_jax import data, errors, inference, predict
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import DataError
 
 
@@ -104,8 +106,7 @@ def plot_confusion(counts, class_names, path, title=''):
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
   ax.set_title(title)
-  fig.savefig(path)
-  return path
+  return workdir_lib.save_figure(fig, path)
 
 
 def write_confusion(workdir, split, step, labels, predictions, class_names):
@@ -118,11 +119,12 @@ def write_confusion(workdir, split, step, labels, predictions, class_names):
   folder_path = predict.output_dir(workdir, split, step)
   os.makedirs(folder_path, exist_ok=True)
   accuracy = float(np.trace(counts) / counts.sum())
-  with open(os.path.join(folder_path, 'per_class_accuracy.json'), 'w') as f:
-    json.dump({'split': split, 'step': step,
-               'num_examples': int(counts.sum()), 'accuracy': accuracy,
-               'classes': rows, 'confusion_matrix': counts.tolist()},
-              f, indent=1)
+  workdir_lib.write_text(
+      os.path.join(folder_path, 'per_class_accuracy.json'),
+      json.dumps({'split': split, 'step': step,
+                  'num_examples': int(counts.sum()), 'accuracy': accuracy,
+                  'classes': rows, 'confusion_matrix': counts.tolist()},
+                 indent=1))
   try:
     plot_confusion(counts, class_names,
                    os.path.join(folder_path, 'confusion_matrix.png'),

@@ -7,8 +7,8 @@
 
 Images are normalized with the statistics stored in the checkpoint and named
 with its class names, so nothing depends on the training data being present.
-Files go to WORKDIR/eval/SPLIT_stepSTEP/ (process 0 only); checkpoints are
-never touched.
+Files go to WORKDIR/eval/SPLIT_stepSTEP/ (process 0 only), each replaced
+whole (workdir.atomic_file); checkpoints are never touched.
 """
 import json
 import math
@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from resnet_jax import data, inference
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.data import folder
 from resnet_jax.errors import ConfigError, DataError, require
 
@@ -145,8 +146,7 @@ def plot_samples(images, rows, path, title=''):
                  color='green' if r['correct'] else 'red')
   if title:
     fig.suptitle(title, fontsize=9)
-  fig.savefig(path)
-  return path
+  return workdir_lib.save_figure(fig, path)
 
 
 # --mode=predict -------------------------------------------------------------

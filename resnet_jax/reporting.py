@@ -3,7 +3,7 @@
 In WORKDIR (process 0 only):
   metrics.jsonl        one JSON object per log interval or evaluation
   metrics.csv          the same records as CSV, one row per JSON line
-  tensorboard/         TensorBoard event files (tensorboardX)
+  tensorboard/         TensorBoard event files (tensorboardX's format)
   plots/loss.png       train and validation loss against steps and epochs
   plots/accuracy.png   train and validation accuracy against steps and epochs
   plots/learning_rate.png  the configured schedule with the logged rates on
@@ -12,15 +12,21 @@ In WORKDIR (process 0 only):
                        best validation accuracy and its step, wall time,
                        images/s and the plots
 
-Plots are drawn at each evaluation (and at the end if records came since),
-not at start-up, where they would delay the first step by seconds. Plots and
-TensorBoard are best effort: a failure there prints one warning and never
-stops training.
+Every file is replaced whole or appended to (workdir.py): a crash or a full
+disk never leaves a part of one. metrics.jsonl and metrics.csv are what a
+resume needs: a failed write ends the run with one error line, the files as
+they were. Plots are drawn at each evaluation (and at the end if records came
+since), not at start-up, where they would delay the first step by seconds.
+Plots, TensorBoard and report.md are best effort: a failure there prints one
+warning and never stops training.
 """
 import csv
+import io
 import json
 import os
+import socket
 import statistics
+import struct
 import sys
 import time
 
@@ -29,6 +35,7 @@ import numpy as np
 
 from resnet_jax import config as config_lib
 from resnet_jax import optim
+from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import require
 
 # Plot size in pixels: FIGSIZE inches at DPI.
@@ -50,7 +57,8 @@ class Reporter:
   after each evaluation and `finish` once at the end.
 
   On resume, records past the restored step (written after the checkpoint
-  the run resumes from) are dropped, so the files tell one consistent story.
+  the run resumes from) are dropped, so the files tell one consistent story;
+  so is a torn last line, with a warning.
   """
 
   def __init__(self, workdir: str, config, resume_step: int = 0):
@@ -69,12 +77,13 @@ class Reporter:
     if not self.enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path + '.tmp', 'w') as f:
-        f.writelines(kept)
-      os.replace(self.path + '.tmp', self.path)
+      records, set_aside = workdir_lib.read_jsonl(self.path)
+      if set_aside:
+        print(f'warning: {self.path}: dropped {set_aside} bytes of torn or '
+              'unreadable lines (a write cut short by a crash or a full '
+              'disk); the run goes on from its checkpoint', file=sys.stderr)
+      workdir_lib.write_text(self.path, ''.join(
+          json.dumps(r) + '\n' for r in records if r['step'] <= resume_step))
     self._rewrite_csv()
     self._guard('tensorboard', self._open_tensorboard)
 
@@ -83,13 +92,13 @@ class Reporter:
     if not self.enabled:
       return
     self._unplotted = True
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    workdir_lib.append(self.path, json.dumps(record) + '\n')
     if set(record) - set(self._columns):
       self._rewrite_csv()  # A new key: a new column for every row.
     else:
-      with open(self.csv_path, 'a', newline='') as f:
-        csv.DictWriter(f, self._columns).writerow(_csv_row(record))
+      row = io.StringIO()
+      csv.DictWriter(row, self._columns).writerow(_csv_row(record))
+      workdir_lib.append(self.csv_path, row.getvalue())
     if self._tb is not None:
       self._guard('tensorboard', self._tensorboard_write, record)
 
@@ -97,8 +106,6 @@ class Reporter:
     """Called after each evaluation's record is written: redraws the plots."""
     if not self.enabled:
       return
-    if self._tb is not None:
-      self._guard('tensorboard', self._tb.flush)
     self._guard('plots', self.plot)
 
   def finish(self, summary: dict):
@@ -109,7 +116,6 @@ class Reporter:
       self._guard('plots', self.plot)
     if self._tb is not None:
       self._guard('tensorboard', self._tensorboard_finish, summary)
-      self._guard('tensorboard', self._tb.close)
       self._tb = None
     self._guard('report', self._write_report, summary)
 
@@ -131,8 +137,10 @@ class Reporter:
     except Exception as e:  # Reporting must never stop training.
       if what not in self._warned:
         self._warned.add(what)
+        cause = (e.what if isinstance(e, workdir_lib.WriteError)
+                 else f'{type(e).__name__}: {e}')
         print(f'warning: {what} failed (training goes on; later failures '
-              f'are not reported): {type(e).__name__}: {e}', file=sys.stderr)
+              f'are not reported): {cause}', file=sys.stderr)
       if what == 'tensorboard':
         self._tb = None
 
@@ -142,40 +150,41 @@ class Reporter:
     self._columns = csv_columns(history)
 
   def _open_tensorboard(self):
-    SummaryWriter = require('tensorboardX', 'tensorboardX',
-                            'TensorBoard logging').SummaryWriter
     # On resume, TensorBoard hides the events from earlier runs past the
     # restored step, as the JSON lines drop them.
-    # The suffix keeps a resume within the same second (the file name's
-    # timestamp) from overwriting the previous file, and sorts after it.
-    self._tb = SummaryWriter(
-        os.path.join(self.workdir, 'tensorboard'),
-        purge_step=self.resume_step + 1 if self.resume_step else None,
-        filename_suffix=f'.{time.time_ns()}')
+    self._tb = EventFile(os.path.join(self.workdir, 'tensorboard'),
+                         purge_step=self.resume_step + 1 if self.resume_step
+                         else None)
     if not self.resume_step:
-      self._tb.add_text('config', '```\n' + self.config.to_json_best_effort(
-          indent=2) + '\n```', 0)
+      self._tb.add(0, texts={'config': '```\n' + self.config.to_json_best_effort(
+          indent=2) + '\n```'})
 
   def _tensorboard_write(self, record):
-    for key, value in record.items():
-      if key != 'step' and value is not None:
-        self._tb.add_scalar(tensorboard_tag(key), value, record['step'])
+    self._tb.add(record['step'], scalars={
+        tensorboard_tag(key): value for key, value in record.items()
+        if key != 'step' and value is not None})
 
   def _tensorboard_finish(self, summary):
     lines = [f'{k}: {v}' for k, v in summary.items()]
-    self._tb.add_text('summary', '  \n'.join(lines), summary.get('step', 0))
+    self._tb.add(summary.get('step', 0), texts={'summary': '  \n'.join(lines)})
 
   def _write_report(self, summary):
     history = read_history(self.workdir) if os.path.exists(self.path) else []
     text = report_markdown(self.config, summary, history,
                            resume_step=self.resume_step)
-    with open(os.path.join(self.workdir, 'report.md'), 'w') as f:
-      f.write(text)
+    workdir_lib.write_text(os.path.join(self.workdir, 'report.md'), text)
 
 
 def read_history(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The whole records of metrics.jsonl; a torn line is left out, with a
+  one-line warning (a run in progress may be writing it)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  records, set_aside = workdir_lib.read_jsonl(path)
+  if set_aside:
+    print(f'warning: {path}: left out {set_aside} bytes of torn or unreadable '
+          'lines (a write cut short by a crash, a full disk, or in progress)',
+          file=sys.stderr)
+  return records
 
 
 # CSV ------------------------------------------------------------------------
@@ -191,14 +200,61 @@ def _csv_row(record):
 
 
 def write_csv(history, path):
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, csv_columns(history))
-    writer.writeheader()
-    writer.writerows(_csv_row(r) for r in history)
-  os.replace(path + '.tmp', path)
+  text = io.StringIO()
+  writer = csv.DictWriter(text, csv_columns(history))
+  writer.writeheader()
+  writer.writerows(_csv_row(r) for r in history)
+  workdir_lib.write_text(path, text.getvalue())
 
 
 # TensorBoard -----------------------------------------------------------------
+
+
+class EventFile:
+  """A TensorBoard event file, appended to by the caller's thread.
+
+  tensorboardX's SummaryWriter writes from a thread of its own: a full disk
+  kills it with a traceback, and its bounded queue then blocks training for
+  good. Here each call's events are appended whole or not at all
+  (workdir.append), and a failure raises where Reporter._guard warns.
+  """
+
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    require('tensorboardX', 'tensorboardX', 'TensorBoard logging')
+    # pylint: disable=import-outside-toplevel
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+    self._summary, self._event_pb2, self._crc = summary, event_pb2, masked_crc32c
+    os.makedirs(logdir, exist_ok=True)
+    # SummaryWriter's name; the suffix keeps a resume within the same second
+    # from reusing the previous file, and sorts after it.
+    self.path = os.path.join(logdir, f'events.out.tfevents.{int(time.time())}.'
+                             f'{socket.gethostname()}.{time.time_ns()}')
+    events = [event_pb2.Event(file_version='brain.Event:2')]
+    if purge_step:  # TensorBoard drops the earlier events from here on.
+      events += [event_pb2.Event(step=purge_step, file_version='brain.Event:2'),
+                 event_pb2.Event(step=purge_step, session_log=event_pb2.SessionLog(
+                     status=event_pb2.SessionLog.START))]
+    self._append(events)
+
+  def add(self, step: int, scalars=None, texts=None):
+    """Scalars {tag: value} and texts {tag: markdown} at `step`."""
+    summaries = ([self._summary.scalar(t, v) for t, v in (scalars or {}).items()]
+                 + [self._summary.text(t, v) for t, v in (texts or {}).items()])
+    self._append([self._event_pb2.Event(step=int(step), summary=s)
+                  for s in summaries])
+
+  def _append(self, events):
+    """TFRecords: length, its masked CRC32C, the event, its masked CRC32C."""
+    records = []
+    for event in events:
+      event.wall_time = time.time()
+      data = event.SerializeToString()
+      header = struct.pack('Q', len(data))
+      records += [header, struct.pack('I', self._crc(header)), data,
+                  struct.pack('I', self._crc(data))]
+    workdir_lib.append(self.path, b''.join(records))
 
 
 def tensorboard_tag(key: str) -> str:
@@ -261,7 +317,7 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
     if ax.lines:
       ax.legend()
     _epoch_axis(ax, history)
-    fig.savefig(os.path.join(plot_dir, f'{name}.png'))
+    workdir_lib.save_figure(fig, os.path.join(plot_dir, f'{name}.png'))
 
 
 def member_keys(history, key: str) -> list[str]:
@@ -324,8 +380,7 @@ def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
   if steps_per_epoch:
     history = [{'step': steps_per_epoch, 'epoch': 1.0}]
   _epoch_axis(ax, history)
-  fig.savefig(path)
-  return path
+  return workdir_lib.save_figure(fig, path)
 
 
 # report.md -------------------------------------------------------------------

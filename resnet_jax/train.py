@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
 from resnet_jax import mesh as mesh_lib
 from resnet_jax import preemption, progress, reporting
+from resnet_jax import workdir as workdir_lib
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment, folder, order, stream
 from resnet_jax.errors import ConfigError
@@ -298,9 +299,15 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   `stop_at_step` > 0 ends the run early at that step with a checkpoint, as a
   time-limited job would; the same command later continues from there.
   `restart` archives what the workdir holds and starts from step 0.
+  Another run training in `workdir` is refused (workdir.RunLock) at once.
   """
-  run_start = time.perf_counter()
   config_lib.validate(config)
+  with workdir_lib.RunLock(workdir):  # Before the data and the compiling.
+    return _train_and_evaluate(config, workdir, stop_at_step, restart)
+
+
+def _train_and_evaluate(config, workdir, stop_at_step, restart):
+  run_start = time.perf_counter()
   mesh = create_mesh(config.train.shard_members)
   mesh_lib.check(config, mesh)
   streamed = stream.should_stream(config)
@@ -309,9 +316,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   model = models.from_config(config)
   state = create_train_state(config, model, mesh)
 
-  if restart and os.path.isdir(workdir):
-    print('--restart: moved the previous run to '
-          f'{checkpoint.archive_previous_run(workdir)}')
+  if restart and (archive := checkpoint.archive_previous_run(workdir)):
+    print(f'--restart: moved the previous run to {archive}')
   manager = checkpoint.create_manager(workdir)
   meta = checkpoint.make_meta(config, normalization, class_names)
   state, start, restored = checkpoint.restore_or_init(manager, config, state,
@@ -319,8 +325,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   active = np.array([not m.get('frozen', False)
                      for m in (restored or meta)['members']])
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.write_text(os.path.join(workdir, 'config.json'),
+                           config.to_json_best_effort(indent=2))
   train_inputs, train_fn, run_eval = make_inputs(
       config, splits, normalization, start, mesh, streamed)
   log = progress.ProgressLog(

@@ -17,6 +17,7 @@ from conftest import REPO, cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error, snapshot
 from test_train import restore_params
 from resnet_jax import models, reporting, train
+from resnet_jax.workdir import LOCK_FILE
 
 
 def start_cli(config, workdir, *extra):
@@ -170,11 +171,13 @@ def test_restart_archives_the_previous_run(tmp_path):
   workdir = tmp_path / 'w'
   train.train_and_evaluate(tiny_config(), str(workdir))
   before = {os.path.relpath(p, workdir): v for p, v in snapshot(workdir).items()}
+  del before[LOCK_FILE]  # The lock stays: the new run holds it.
   other = tiny_config(**{'model.shortcut': 'zeropad'})
   result = run_cli(cli_args(other, workdir, '--restart'))
   assert result.returncode == 0, result.stderr[-2000:]
   archive = glob.glob(str(workdir / 'archive-*'))
   assert len(archive) == 1
+  assert (workdir / LOCK_FILE).exists()
   after = {os.path.relpath(p, archive[0]): v[0]
            for p, v in snapshot(archive[0]).items()}
   assert after == {k: v[0] for k, v in before.items()}  # Moved, unchanged.
