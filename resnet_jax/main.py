@@ -7,6 +7,8 @@ import json
 import os
 import runpy
 import sys
+import threading
+import traceback
 
 from absl import app, flags, logging
 import jax
@@ -90,6 +92,24 @@ def initialize_distributed():
     jax.distributed.initialize()  # JAX reads SLURM's variables.
 
 
+def quiet_closed_event_loops():
+  """A failed checkpoint write leaves TensorStore callbacks that call into
+  event loops Orbax has closed, from threads of TensorStore's own; their
+  tracebacks (through sys.excepthook, at any moment) would come before the
+  one error line that reports the failed save. Other threads' errors and the
+  main thread's go through as before."""
+  default = sys.excepthook
+
+  def excepthook(kind, value, tb):
+    frames = [frame.filename for frame in traceback.extract_tb(tb)]
+    if (threading.current_thread() is not threading.main_thread()
+        and any(f.endswith(os.path.join('asyncio', 'base_events.py'))
+                for f in frames)):
+      return
+    default(kind, value, tb)
+  sys.excepthook = excepthook
+
+
 def main(argv):
   if len(argv) > 1:
     exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -104,6 +124,7 @@ def main(argv):
   # ERROR logs from background threads, tracebacks included, would repeat it.
   logging.get_absl_logger().addFilter(
       lambda record: '/orbax/' not in record.pathname)
+  quiet_closed_event_loops()
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step,

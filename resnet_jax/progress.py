@@ -44,7 +44,8 @@ def check_finite(fetched, first_step, on_nonfinite, active, members):
       who = (f' of member {k} ({member_name(members[k])})'
              if len(members) > 1 else '')
       if bad:
-        print(f'warning: skipped non-finite steps{who} {bad}', file=sys.stderr)
+        tqdm.write(f'warning: skipped non-finite steps{who} {bad}',
+                   file=sys.stderr)
     return int((~finite).sum()), was_active[-1]
   for k in range(finite.shape[1]):
     bad = np.flatnonzero(~finite[:, k] & was_active[:-1, k])
@@ -56,9 +57,9 @@ def check_finite(fetched, first_step, on_nonfinite, active, members):
           f'non-finite loss or gradient at step {step}; the update was not '
           'applied and the last good checkpoint is kept (lower '
           'train.learning_rate, or set train.on_nonfinite=skip)')
-    print(f'warning: member {k} ({member_name(members[k])}) diverged: '
-          f'non-finite loss or gradient at step {step}; it stays frozen at its '
-          'last good state, the others go on', file=sys.stderr)
+    tqdm.write(f'warning: member {k} ({member_name(members[k])}) diverged: '
+               f'non-finite loss or gradient at step {step}; it stays frozen '
+               'at its last good state, the others go on', file=sys.stderr)
   if not was_active[-1].any():
     raise TrainingDiverged(
         f'every member diverged (non-finite loss or gradient) by step '

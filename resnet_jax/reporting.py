@@ -32,6 +32,7 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from resnet_jax import config as config_lib
 from resnet_jax import optim
@@ -139,8 +140,9 @@ class Reporter:
         self._warned.add(what)
         cause = (e.what if isinstance(e, workdir_lib.WriteError)
                  else f'{type(e).__name__}: {e}')
-        print(f'warning: {what} failed (training goes on; later failures '
-              f'are not reported): {cause}', file=sys.stderr)
+        # tqdm.write: a line of its own, whatever the progress bar drew.
+        tqdm.write(f'warning: {what} failed (training goes on; later '
+                   f'failures are not reported): {cause}', file=sys.stderr)
       if what == 'tensorboard':
         self._tb = None
 

@@ -86,14 +86,15 @@ def trained_workdir(tmp_path_factory):
 
 
 def snapshot(folder):
-  """Every file under `folder` with its content hash and mtime."""
+  """Every file under `folder` with its content hash and mtime; the run lock
+  by its content alone (a refused run takes and releases it)."""
   out = {}
   for root, _, files in os.walk(folder):
     for name in files:
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
         out[path] = (hashlib.sha256(f.read()).hexdigest(),
-                     os.stat(path).st_mtime_ns)
+                     None if name == '.lock' else os.stat(path).st_mtime_ns)
   return out
 
 
