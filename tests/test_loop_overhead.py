@@ -15,7 +15,7 @@ def test_loop_overhead_times_the_real_loop_per_training_set_size():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'bench', 'loop_overhead.py'),
        '--model', 'resnet20', '--examples', '64,96', '--steps', '6',
-       '--log_every', '3'],
+       '--log_every', '3', '--repeats', '1'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
   assert 'model resnet20, 8x8 images, batch 8' in result.stdout
