@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import jax
+
 import pytest
 
 from conftest import REPO, cli_args, tiny_config
@@ -52,14 +54,35 @@ def test_a_second_identical_run_compiles_nothing(tmp_path):
   assert second['compiled'] == second['from_cache'] == first['compiled']
   assert os.listdir(tmp_path / 'cache' / 'jax_cache')
 
-  # Off: nothing written, nothing read.
-  off = run_counting(cli_args(config, tmp_path / 'c'),
-                     {**env, 'RESNET_JAX_DATA': str(tmp_path / 'cache2'),
-                      'RESNET_JAX_COMPILATION_CACHE': 'off'})
-  assert off['from_cache'] == 0 and not (tmp_path / 'cache2').exists()
-  # JAX's own variable wins: its folder, not ours.
-  own = run_counting(cli_args(config, tmp_path / 'd'),
-                     {**env, 'RESNET_JAX_DATA': str(tmp_path / 'cache3'),
-                      'JAX_COMPILATION_CACHE_DIR': str(tmp_path / 'jax_own')})
-  assert own['from_cache'] == 0 and os.listdir(tmp_path / 'jax_own')
-  assert not (tmp_path / 'cache3').exists()
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, 'ours'),
+    ({'RESNET_JAX_COMPILATION_CACHE': 'off'}, None),
+    ({'RESNET_JAX_COMPILATION_CACHE': 'FOLDER'}, 'FOLDER'),
+    ({'JAX_COMPILATION_CACHE_DIR': 'JAX_OWN'}, None),  # JAX's own wins.
+])
+def test_the_cache_is_ours_unless_turned_off_or_jax_is_set(
+    tmp_path, monkeypatch, env, expected):
+  from resnet_jax import compile_cache  # pylint: disable=import-outside-toplevel
+  for name in ('JAX_COMPILATION_CACHE_DIR', compile_cache.ENV):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv('RESNET_JAX_DATA', str(tmp_path))
+  for name, value in env.items():
+    monkeypatch.setenv(name, str(tmp_path / value) if value != 'off' else value)
+  # This process's own settings (conftest's) aside for the call, then back.
+  names = ('jax_compilation_cache_dir', *compile_cache.SETTINGS)
+  saved = {name: getattr(jax.config, name) for name in names}
+  jax.config.update('jax_compilation_cache_dir', None)
+  try:
+    folder = compile_cache.enable()
+    now = {name: getattr(jax.config, name) for name in names}
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
+  if expected is None:
+    assert folder is None and now['jax_compilation_cache_dir'] is None
+    return
+  want = str(tmp_path / ('jax_cache' if expected == 'ours' else expected))
+  assert folder == want == now['jax_compilation_cache_dir']
+  assert now['jax_persistent_cache_min_compile_time_secs'] == 0
+  assert now['jax_compilation_cache_max_size'] == compile_cache.MAX_BYTES

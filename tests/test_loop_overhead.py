@@ -11,15 +11,14 @@ from conftest import REPO
 
 
 @pytest.mark.slow
-def test_loop_overhead_times_the_real_loop_per_training_set_size():
+def test_loop_overhead_times_the_real_loop():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'bench', 'loop_overhead.py'),
-       '--model', 'resnet20', '--examples', '64,96', '--steps', '6',
-       '--log_every', '3', '--repeats', '1'],
+       '--model', 'resnet20', '--examples', '64', '--steps', '4',
+       '--log_every', '2', '--repeats', '1'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr
   assert 'model resnet20, 8x8 images, batch 8' in result.stdout
-  rows = re.findall(r'log_every=\s*3 examples=\s*(\d+):\s+(\d+) steps/s',
+  rows = re.findall(r'log_every=\s*2 examples=\s*(\d+):\s+(\d+) steps/s',
                     result.stdout)
-  assert [int(n) for n, _ in rows] == [64, 96]
-  assert all(int(rate) > 0 for _, rate in rows)
+  assert [int(n) for n, _ in rows] == [64] and int(rows[0][1]) > 0

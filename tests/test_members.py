@@ -239,8 +239,11 @@ def test_member_chunks_equal_the_all_vmapped_step():
                                      mesh)
     assert train.member_chunk_auto(config) == 1  # What 0 would be here.
     step = train.make_train_fn(config, mesh, normalization)
+    inputs = train.EpochOrders(train_data, train.member_keys(config)[0],
+                               config.train.batch_size, 0,
+                               train.member_sharding(mesh))
     for _ in range(3):
-      state, metrics = step(state, train_data)
+      state, metrics = step(state, next(inputs))
     final[chunk] = jax.device_get((state.params, metrics['loss']))
   # Streamed: each step's batches come from the host, sliced per chunk too.
   config.data.streaming = 'on'
