@@ -48,7 +48,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
-from resnet_jax import reporting  # pylint: disable=wrong-import-position
+from resnet_jax import reporting, workdir  # pylint: disable=wrong-import-position
 TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_training_learns_and_writes_its_workdir',
          'tests/test_train.py::test_resume_matches_an_uninterrupted_run',
@@ -249,11 +249,9 @@ def environment() -> dict:
 
 
 def write_report(report, path):
-  """The report so far, through a temporary file: never a torn JSON."""
+  """The report so far, replaced whole (workdir.write_text): never torn."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(path + '.tmp', path)
+  workdir.write_text(path, json.dumps(report, indent=1))
 
 
 def main():

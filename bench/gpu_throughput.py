@@ -165,10 +165,9 @@ def main():
 
 
 def write_json(path, report):
-  """`report` to `path` through a temporary file: never a torn file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(report, f, indent=1)
-  os.replace(path + '.tmp', path)
+  """`report` to `path`, replaced whole (workdir.write_text): never torn."""
+  from resnet_jax import workdir  # pylint: disable=import-outside-toplevel
+  workdir.write_text(path, json.dumps(report, indent=1))
 
 
 if __name__ == '__main__':
