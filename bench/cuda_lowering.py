@@ -5,11 +5,12 @@
 No GPU needed: jax.export lowers a jitted function for a platform it does
 not run on. Each case builds the steps as train.py does on a GPU backend
 (`model.conv_impl=auto` resolves there to XLA's convolutions, no CPU-only
-compiler options), on 8 fake CPU devices for the mesh, and reports what the
-StableHLO holds: the custom calls (a CPU-only one or a host callback would
-fail or stall on a GPU), the convolutions (how many, their element type,
-their feature and batch group counts: vmapped members make them grouped),
-and the shardings of the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
+compiler options; one case uses `matmul`, members' other formulation), on 8
+fake CPU devices for the mesh, and reports what the StableHLO holds: the
+custom calls (a CPU-only one or a host callback would fail or stall on a
+GPU), the convolutions (how many, their element type, their feature and
+batch group counts: vmapped members make them grouped), the matrix products
+with a batch dimension, and the shardings of the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
 """
 import os
 import re
@@ -32,18 +33,21 @@ from resnet_jax import inference, models, train
 
 # Custom calls that only carry sharding annotations (no kernel).
 SHARDING_CALLS = {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}
-CASES = [  # (name, members, dtype, shard_members)
-    ('1 member, float32', 1, 'float32', False),
-    ('1 member, bfloat16', 1, 'bfloat16', False),
-    ('4 members, float32', 4, 'float32', False),
-    ('8 members sharded, bfloat16', 8, 'bfloat16', True),
+CASES = [  # (name, members, dtype, shard_members, model.conv_impl)
+    ('1 member, float32', 1, 'float32', False, 'auto'),
+    ('1 member, bfloat16', 1, 'bfloat16', False, 'auto'),
+    ('4 members, float32', 4, 'float32', False, 'auto'),
+    ('8 members sharded, bfloat16', 8, 'bfloat16', True, 'auto'),
+    # The members' other formulation (matmul_conv): batched matrix products.
+    ('4 members, float32, matmul', 4, 'float32', False, 'matmul'),
 ]
 
 
-def case_config(members: int, dtype: str, shard_members: bool):
+def case_config(members: int, dtype: str, shard_members: bool,
+                conv_impl: str = 'auto'):
   c = config_lib.base_config()  # ResNet-20, 1x1-conv shortcuts, 32x32.
   c.data.source = 'synthetic'
-  c.model.conv_impl = 'auto'
+  c.model.conv_impl = conv_impl
   c.train.batch_size = 64
   c.train.dtype = dtype
   c.train.num_seeds = members
@@ -84,6 +88,10 @@ def report(module_text: str, exported) -> dict:
           f'feature {f}, batch {b}' for b, f in re.findall(
               r'batch_group_count = (\d+) : i64, feature_group_count = (\d+)',
               module_text)).items())),
+      # Matrix products with a batch dimension (vmapped members' dense
+      # layers; every layer's under model.conv_impl=matmul): batched GEMMs.
+      'batched_dots': len(re.findall(
+          r'stablehlo\.dot_general[^\n]*batching_dims = \[', module_text)),
       'mesh': re.findall(r'sdy\.mesh @\w+ = (<[^>]*>)', module_text),
       'arg_shardings': arg_shardings(module_text),
       'constraints': sorted(set(re.findall(
@@ -106,8 +114,8 @@ def train_inputs(examples, members, mesh, image_size=32):
                                     sharding=train.member_sharding(mesh))}
 
 
-def lower_case(members, dtype, shard_members, platform='cuda'):
-  config = case_config(members, dtype, shard_members)
+def lower_case(members, dtype, shard_members, conv_impl, platform='cuda'):
+  config = case_config(members, dtype, shard_members, conv_impl)
   # What train.py builds when jax.default_backend() is 'gpu'.
   with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
     mesh = train.create_mesh(shard_members)
@@ -146,8 +154,8 @@ def main():
   args = parser.parse_args()
   results = {'jax': jax.__version__, 'devices': jax.device_count()}
   for platform in args.platforms.split(','):
-    results[platform] = {name: lower_case(m, d, s, platform)
-                         for name, m, d, s in CASES}
+    results[platform] = {name: lower_case(m, d, s, impl, platform)
+                         for name, m, d, s, impl in CASES}
   if args.json:
     print(json.dumps(results))
     return
@@ -158,7 +166,8 @@ def main():
         shardings = sorted(set(r['arg_shardings'].values()))
         print(f'{platform} {name:28s} {step:10s} convolutions '
               f'{r["convolutions"]:3d} {r["convolution_types"]} '
-              f'{r["convolution_groups"]}, kernel calls: '
+              f'{r["convolution_groups"]}, batched dots '
+              f'{r["batched_dots"]}, kernel calls: '
               f'{r["kernel_calls"] or "none"}, mesh {r["mesh"]},'
               f'\n  input shardings {shardings}'
               f'\n  constraints {r["constraints"]}')

@@ -21,8 +21,9 @@ measured:
                 kept if the stage runs out of time)
   members       bench/members.py: total images/s of 1 and 8 members
                 trained in one step (train.num_seeds), the 8 all vmapped
-                (grouped convolutions) and one per jitted call
-                (train.member_chunk=1)
+                (grouped convolutions), one per jitted call
+                (train.member_chunk=1) and all vmapped as batched matrix
+                products (model.conv_impl=matmul)
   accuracy      bench/time_to_accuracy.py: process start to 91.25%
                 validation accuracy with configs/resnet_conv_fast.py (batch
                 128)
@@ -70,7 +71,7 @@ def stage_args(args):
                             '--warmup', '1', '--examples', '128'],
                 members=['--model', 'resnet8', '--batch-size', '16',
                          '--members', '1,2', '--member_chunk', '0,1',
-                         '--steps', '2', '--warmup', '1', '--examples', '128'],
+                         '--conv_impl', 'auto,matmul', '--steps', '2', '--warmup', '1', '--examples', '128'],
                 accuracy=['--config.train.steps=8',
                           '--config.train.eval_every=4',
                           '--config.train.warmup_steps=2'])
@@ -80,9 +81,11 @@ def stage_args(args):
               throughput=['--models', 'resnet20', '--batch-sizes', '128,512',
                           '--dtypes', 'float32,bfloat16', '--steps', '30',
                           '--warmup', '3'],
-              # All 8 vmapped (grouped convolutions) and one per call.
-              members=['--members', '1,8', '--member_chunk', '0,1', '--steps',
-                       '20', '--warmup', '3'],
+              # All 8 vmapped (grouped convolutions), one per call, and all
+              # vmapped as batched matrix products (model.conv_impl=matmul).
+              members=['--members', '1,8', '--member_chunk', '0,1',
+                       '--conv_impl', 'auto,matmul', '--steps', '20',
+                       '--warmup', '3'],
               accuracy=[])
 
 
@@ -221,9 +224,9 @@ def accuracy_gpu(args, s, scratch, deadline):
 
 
 # Time limits in seconds: 6 minutes in all.
-STAGES = {'smoke': (smoke, 100), 'tests': (tests, 45),
-          'throughput': (throughput, 70), 'members': (members, 45),
-          'accuracy': (accuracy, 60), 'accuracy_gpu': (accuracy_gpu, 40)}
+STAGES = {'smoke': (smoke, 95), 'tests': (tests, 40),
+          'throughput': (throughput, 70), 'members': (members, 60),
+          'accuracy': (accuracy, 60), 'accuracy_gpu': (accuracy_gpu, 35)}
 
 
 def environment() -> dict:

@@ -40,7 +40,7 @@ def train_on_synthetic(config, examples: int):
 
 
 def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
-              examples=EXAMPLES):
+              examples=EXAMPLES, conv_impl='auto'):
   """(images/s of all members together, compile s) of the real step, fed as
   a run feeds it (train.make_inputs: the training set on the device, each
   epoch's order drawn once)."""
@@ -51,6 +51,7 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
   config.train.batch_size, config.train.dtype = batch, dtype
   config.train.num_seeds = num_seeds
   config.train.member_chunk = member_chunk
+  config.model.conv_impl = conv_impl
   mesh = train.create_mesh()
   splits = data.load_splits(config, ('train', 'val'))
   normalization = data.channel_stats(splits['train'].images)

@@ -33,10 +33,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-FAST = 'cpu'
-CONV_IMPLS = ('auto', 'xla', FAST)
+from resnet_jax import matmul_conv
 
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+FAST = 'cpu'
+MATMUL = 'matmul'  # matmul_conv: vmapped members as batched matrix products.
+CONV_IMPLS = ('auto', 'xla', FAST, MATMUL)
+
+_NHWC = matmul_conv.NHWC
 
 # Optional, for the jit of the train step on CPU: XLA:CPU hands convolutions
 # with more than 16 channels (and every weight-gradient convolution, whose
@@ -52,7 +55,8 @@ XLA_CPU_COMPILER_OPTIONS = {
 def jit_compiler_options(impl: str):
   """`compiler_options` for the train step's jax.jit: the dict above when the
   fast path is in use on the CPU backend, else None (XLA's defaults)."""
-  if select_conv(impl) is not None and jax.default_backend() == 'cpu':
+  if (select_conv(impl) is conv_general_dilated
+      and jax.default_backend() == 'cpu'):
     return dict(XLA_CPU_COMPILER_OPTIONS)
   return None
 
@@ -61,7 +65,7 @@ def select_conv(impl: str):
   """Returns the `conv_general_dilated` to give the model (None: lax's own).
 
   'auto': the fast path iff the default backend is the CPU; 'xla': never;
-  'cpu': always.
+  'cpu': always; 'matmul': matmul_conv's im2col (for members on a GPU).
   """
   if impl == 'auto':
     return conv_general_dilated if jax.default_backend() == 'cpu' else None
@@ -69,6 +73,8 @@ def select_conv(impl: str):
     return None
   if impl == FAST:
     return conv_general_dilated
+  if impl == MATMUL:
+    return matmul_conv.conv_general_dilated
   raise ValueError(f'unknown conv impl {impl!r}; '
                    f'choose one of {", ".join(CONV_IMPLS)}')
 
@@ -84,21 +90,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision,
       preferred_element_type=preferred_element_type)
-  if (lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
-      or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
-      or lhs.dtype != rhs.dtype
-      or not jnp.issubdtype(lhs.dtype, jnp.floating)
-      or preferred_element_type not in (None, lhs.dtype)
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+  pads = matmul_conv.simple_nhwc_pads(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+      dimension_numbers, feature_group_count, preferred_element_type)
+  if pads is None:
     return fallback()
   strides = tuple(int(s) for s in window_strides)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides,
-                                  padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if any(p < 0 for pair in pads for p in pair):
-    return fallback()
   if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
     return _conv1x1(lhs, rhs, strides, lhs.shape[1:3], precision)
   return _conv(lhs, rhs, strides, pads, precision)

@@ -31,21 +31,33 @@ def test_steps_lower_with_xla_convolutions_and_no_host_code(lowered, platform):
   assert lowered['devices'] == 8
   for name, steps in lowered[platform].items():
     dtype = 'bf16' if 'bfloat16' in name else 'f32'
+    groups = int(name.split()[0])
     for step, convs in (('train_step', TRAIN_CONVS), ('eval_step', EVAL_CONVS)):
       report = steps[step]
       assert report['platforms'] == [platform]
       # No custom call but sharding annotations: no CPU convolution path,
       # no host callback (both would fail or stall on the accelerator).
       assert report['kernel_calls'] == [], (name, step)
+      # The dense layer, vmapped over the member axis (one member too): a
+      # batched matrix product (forward and both gradients; one per view in
+      # evaluation).
+      dense = 3 if step == 'train_step' else 2
+      # Evaluation feeds every member the same images, so its first
+      # convolution (one per view) is a plain one with the members' output
+      # channels side by side.
+      shared_input = 2 if step == 'eval_step' and groups > 1 else 0
+      if name.endswith('matmul'):
+        # Members' other formulation: no convolution left, each one a
+        # batched matrix product of the patches.
+        assert report['convolutions'] == 0, (name, step)
+        assert report['batched_dots'] == convs - shared_input + dense
+        continue
+      assert report['batched_dots'] == dense, (name, step)
       assert report['convolutions'] == convs, (name, step)
       assert report['convolution_types'] == [dtype], (name, step)
       # One member: plain convolutions. Vmapped members: grouped by member
       # (forward and backward; sharded members too, in this global program
-      # the partitioner then splits). Evaluation feeds every member the same
-      # images, so its first convolution (one per view) is a plain one with
-      # the members' output channels side by side.
-      groups = int(name.split()[0])
-      shared_input = 2 if step == 'eval_step' and groups > 1 else 0
+      # the partitioner then splits).
       expected = {f'feature {groups}, batch 1': convs - shared_input}
       if shared_input:
         expected['feature 1, batch 1'] = shared_input

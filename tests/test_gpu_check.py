@@ -47,8 +47,12 @@ def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   assert row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
   stage = report['stages']['members']
   assert stage['ok'] and 'members.py' in stage['commands']['members']
-  assert [(row['members'], row['member_chunk'])
-          for row in stage['figures']['rows']] == [(1, 0), (2, 0), (2, 1)]
+  # Both formulations of members: grouped convolutions (auto) and batched
+  # matrix products (matmul); the one-member-per-call chunk once.
+  assert [(row['members'], row['member_chunk'], row['conv_impl'])
+          for row in stage['figures']['rows']] == [
+              (1, 0, 'auto'), (2, 0, 'auto'), (2, 1, 'auto'),
+              (1, 0, 'matmul'), (2, 0, 'matmul')]
   assert all(row['images_per_sec'] > 0 for row in stage['figures']['rows'])
 
 
