@@ -55,8 +55,9 @@ def test_restores_with_its_architecture_and_refuses_another(run):
   expected = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
                         train=False)['params']
   # One member, with its axis (resnet20_conv_fast was re-saved so).
-  assert meta['members'] == [{'seed': 0, 'learning_rate': 0.1,
-                              'weight_decay': 5e-4, 'frozen': False}]
+  assert meta['members'] == [{
+      'seed': 0, 'learning_rate': config.train.learning_rate,
+      'weight_decay': 5e-4, 'frozen': False}]
   assert (jax.tree.map(np.shape, state.params)
           == jax.tree.map(lambda x: (1, *np.shape(x)), expected))
   config.model.shortcut = 'zeropad' if config.model.shortcut == 'conv' else 'conv'
