@@ -29,8 +29,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path[:0] = [ROOT, BENCH]
-from resnet_jax import reporting, workdir as workdir_lib  # pylint: disable=wrong-import-position
-from gpu_check import environment  # pylint: disable=wrong-import-position
+from resnet_jax import reporting  # pylint: disable=wrong-import-position
+from gpu_check import TINY_DATA, environment, write_report  # pylint: disable=wrong-import-position
 
 MODELS = {'resnet20_zeropad': 'resnet_zeropad.py',
           'resnet20_conv': 'resnet_conv.py', 'cnn20': 'cnn.py'}
@@ -40,11 +40,7 @@ GPU_RECIPE = ['--config.train.batch_size=512', '--config.train.steps=16000',
               '--config.train.learning_rate=0.4',
               '--config.train.warmup_steps=250',
               '--config.train.eval_every=250', '--config.train.dtype=bfloat16']
-TINY = ['--config.data.source=synthetic', '--config.data.image_size=16',
-        '--config.data.synthetic_examples=160',
-        '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
-        '--config.train.batch_size=16', '--config.train.eval_batch_size=20',
-        '--config.train.steps=8', '--config.train.eval_every=4',
+TINY = [*TINY_DATA, '--config.train.steps=8', '--config.train.eval_every=4',
         '--config.train.warmup_steps=2']
 
 
@@ -149,8 +145,7 @@ def main():
     extra += GPU_RECIPE
   report = {'command': shlex.join([sys.executable, *sys.argv]),
             'recipe': args.recipe, 'environment': environment(), 'runs': {}}
-  write = lambda: workdir_lib.write_text(args.out,
-                                         json.dumps(report, indent=1))
+  write = lambda: write_report(report, args.out)
   write()
   train_all(args, extra, report, write)
   evaluate_all(args, extra, report, write)

@@ -56,14 +56,19 @@ TESTS = ('tests/test_models.py',
          'test_evaluate_restored_checkpoint_reproduces_validation_metrics')
 
 
+# --tiny's data and model: synthetic images, a tiny ResNet (also
+# bench/full_length.py's rehearsal).
+TINY_DATA = ['--config.data.source=synthetic', '--config.data.image_size=16',
+             '--config.data.synthetic_examples=160',
+             '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
+             '--config.train.batch_size=16',
+             '--config.train.eval_batch_size=20']
+
+
 def stage_args(args):
   """Per-stage settings: the real ones, or --tiny's (synthetic, seconds)."""
   if args.tiny:
-    data = ['--config.data.source=synthetic', '--config.data.image_size=16',
-            '--config.data.synthetic_examples=160',
-            '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
-            '--config.train.batch_size=16', '--config.train.eval_batch_size=20']
-    return dict(data=data, steps=8, eval_every=4, warmup=2, target=0.0,
+    return dict(data=TINY_DATA, steps=8, eval_every=4, warmup=2, target=0.0,
                 throughput=['--models', 'resnet8', '--batch-sizes', '16',
                             '--dtypes', 'float32', '--steps', '2',
                             '--warmup', '1', '--examples', '128'],
