@@ -210,7 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict | str, workdir: str,
 
   Returns the final metrics: step, val_accuracy, val_loss, num_params and
   more (what report.md shows). stop_at_step and restart are --stop_at_step
-  and --restart.
+  and --restart. In the main thread SIGTERM and SIGINT (Ctrl-C, a notebook's
+  interrupt) save the current step and raise preemption.Interrupted; from
+  any other thread no signal handler is installed (Python allows them only
+  in the main thread), so such a run ends at its end or on an exception.
   """
   if isinstance(config, str):
     config = get_config(config)

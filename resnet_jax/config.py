@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
   # of 1 8.1x; docs/training.md), else all at once. Not with
   # train.shard_members.
   c.train.member_chunk = 0
+  # (first, last): a jax.profiler trace of steps first..last in
+  # WORKDIR/profile (resnet_jax/profiling.py); (0, 0): none.
+  c.train.profile_steps = (0, 0)
   return c
 
 
@@ -197,6 +200,13 @@ def validate(config) -> None:
   if config.train.member_chunk and config.train.shard_members:
     raise ConfigError('train.member_chunk works without train.shard_members '
                       '(each device already trains whole members)')
+  window = tuple(config.train.get('profile_steps', (0, 0)))
+  if window != (0, 0) and not (
+      len(window) == 2 and all(isinstance(s, int) and not isinstance(s, bool)
+                               for s in window)
+      and 1 <= window[0] <= window[1] <= config.train.steps):
+    raise ConfigError(f'train.profile_steps={window} must be (first, last) '
+                      f'with 1 <= first <= last <= train.steps, or (0, 0)')
   boundaries = tuple(config.train.step_boundaries)
   if (not all(isinstance(b, (int, float)) and 0 < b < 1 for b in boundaries)
       or list(boundaries) != sorted(boundaries)):

@@ -7,8 +7,8 @@ member whose loss or gradient is non-finite is frozen at its last good state
 and the run stops when none is left; with 'skip', the step is not applied
 and the run goes on. A non-finite validation loss never ranks a checkpoint.
 """
+import collections
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +72,12 @@ class ProgressLog:
   """Train metrics every train.log_every steps and validation metrics, to the
   reporter (files, TensorBoard, plots) and the progress bar (process 0).
 
-  An interval's train metrics are fetched when the next interval is logged
-  (or at `flush`), so the fetch never waits for a step still running: the
-  devices always have the steps of one interval queued.
+  An interval's metrics are stacked on the devices when its last step is
+  dispatched (`train`) and recorded when that step is seen to end
+  (`step_done`, from pacing.Pacer), so the fetch never waits for a running
+  step. Its images/s is the rate of its own steps, each timed by the pacer:
+  evaluations, saves and the untimed first step after a start or a pause
+  count neither images nor seconds.
   """
 
   def __init__(self, config, reporter, start: int, steps_per_epoch: int,
@@ -85,35 +88,37 @@ class ProgressLog:
     self.steps_per_epoch = steps_per_epoch
     self.bar = tqdm(total=config.train.steps, initial=start, unit='step',
                     dynamic_ncols=True, disable=jax.process_index() != 0)
-    self.last_log, self.images_per_sec, self.skipped = None, None, 0
-    self._queued = None  # (step, metrics) of the interval not yet recorded.
+    self.images_per_sec, self.skipped = None, 0
+    self._queued = collections.deque()  # (last step, stacked metrics)
+    # The timed steps since the last record: their count and seconds.
+    self._timed, self._seconds = 0, 0.0
 
   def train(self, step: int, pending: list):
-    """Queues the metrics of the steps up to `step`; records the interval
-    queued before (whose steps have all run by now, in a steady loop)."""
-    self.flush()
-    self._queued = (step, pending)
+    """Queues the metrics of the interval that ends with `step`, just
+    dispatched: stacked now, recorded when the step ends."""
+    self._queued.append((step, _stacked(pending)))
 
-  def flush(self):
-    """Records the queued interval: before an evaluation, a save, the end."""
-    if self._queued:
-      (step, pending), self._queued = self._queued, None
-      self._record(step, pending)
+  def step_done(self, step: int, seconds):
+    """Step `step` ended, `seconds` after the step before (None: untimed)."""
+    if seconds is not None:
+      self._timed, self._seconds = self._timed + 1, self._seconds + seconds
+    if self._queued and self._queued[0][0] == step:
+      self._record(*self._queued.popleft())
 
-  def _record(self, step: int, pending: list):
+  def _record(self, step: int, stacked: dict):
     """Fetches the metrics of the steps up to `step` and records their mean."""
-    stacked = jax.device_get(_stacked(pending))
-    fetched = [{k: v[i] for k, v in stacked.items()} for i in range(len(pending))]
+    stacked = jax.device_get(stacked)
+    count = len(stacked['loss'])
+    fetched = [{k: v[i] for k, v in stacked.items()} for i in range(count)]
     skipped, self.active = check_finite(
-        fetched, step - len(fetched) + 1, self.config.train.on_nonfinite,
+        fetched, step - count + 1, self.config.train.on_nonfinite,
         self.active, self.members)
     self.skipped += skipped
-    now = time.perf_counter()  # When the interval's last step had run.
-    # Images of all members together; the first interval includes compilation.
-    if self.last_log is not None:
-      self.images_per_sec = (len(fetched) * self.config.train.batch_size
-                             * len(self.members) / (now - self.last_log))
-    self.last_log = now
+    # Images of all members together, over the interval's timed steps.
+    if self._timed:
+      self.images_per_sec = (self._timed * self.config.train.batch_size
+                             * len(self.members) / self._seconds)
+    self._timed, self._seconds = 0, 0.0
     # Each member's mean over its applied steps; the record's mean over those.
     applied = np.array([m['finite'] & m['active'] for m in fetched])
     per_member = {}
@@ -156,7 +161,6 @@ class ProgressLog:
     if jax.process_index() == 0:
       self.bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
                      f'val_accuracy {val["accuracy"]:.4f}')
-    self.last_log = time.perf_counter()  # Evaluation time is not training time.
 
   def close(self):
     self.bar.close()

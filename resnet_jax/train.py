@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
 from resnet_jax import mesh as mesh_lib
-from resnet_jax import preemption, progress, reporting
+from resnet_jax import pacing, preemption, profiling, progress, reporting
 from resnet_jax import workdir as workdir_lib
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment, folder, order, stream
@@ -300,6 +300,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
   time-limited job would; the same command later continues from there.
   `restart` archives what the workdir holds and starts from step 0.
   Another run training in `workdir` is refused (workdir.RunLock) at once.
+  SIGTERM/SIGINT save and stop the run (preemption.py), in the main thread
+  only: from another thread no signal handler is installed.
   """
   config_lib.validate(config)
   with workdir_lib.RunLock(workdir):  # Before the data and the compiling.
@@ -339,9 +341,18 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
 
   end = min(config.train.steps, stop_at_step or config.train.steps)
   pending, val, saved_step = [], {}, start
+  profile = profiling.Profile(config.train.get('profile_steps'), workdir,
+                              start)
   try:
     with preemption.StopSignals() as signals:
+
+      def step_done(step, seconds):
+        log.step_done(step, seconds)
+        signals.last_done = step
+
+      pacer = pacing.Pacer(step_done)
       for step in range(start + 1, end + 1):
+        profile.before(step, pacer)
         state, metrics = train_fn(state, next(train_inputs), active)
         active = metrics['active']
         pending.append(metrics)
@@ -349,8 +360,10 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
         if log_now:
           log.train(step, pending)
           pending = []
+        pacer.dispatched(step, active)
+        profile.after(step, pacer)
         if step % config.train.eval_every == 0 or step == end:
-          log.flush()  # A diverged member must be known before the save.
+          pacer.drain()  # A diverged member must be known before the save.
           val = run_eval(state)
           finite = progress.check_validation(
               val, step, config.train.on_nonfinite, log.members)
@@ -362,15 +375,16 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
           checkpoint.save(manager, step, state, meta_now(),
                           metrics=progress.ranking_metrics(val, finite))
           saved_step = step
-        # Processes agree on stopping at log steps; alone, one stops at once.
-        signum = (signals.any_process_stopping()
-                  if log_now or jax.process_count() == 1 else 0)
+          pacer.paused()
+        signum = signals.stop_requested(step, log_now)
         if signum and step < end:
-          log.flush()
+          pacer.drain()
           if saved_step != step:
             checkpoint.save(manager, step, state, meta_now())
-          raise preemption.Interrupted(signum, step, manager.directory)
+          raise preemption.Interrupted(signum, step, manager.directory,
+                                       signals.steps_after(step))
   finally:  # Whatever stops the loop, pending saves complete.
+    profile.stop()
     log.close()
     if streamed:
       train_inputs.close()

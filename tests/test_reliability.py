@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from conftest import REPO, cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error, snapshot
 from test_train import restore_params
-from resnet_jax import models, reporting, train
+from resnet_jax import models, pacing, reporting, train
 from resnet_jax.workdir import LOCK_FILE
 
 
@@ -76,7 +77,10 @@ def test_sigterm_saves_the_current_step_and_resume_continues_there(tmp_path):
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   message = err.strip().splitlines()[-1]
   assert message.startswith('stopped by SIGTERM at step ')
-  stopped_at = int(message.split('at step ')[1].split(';')[0])
+  stopped_at, after = map(int, re.match(
+      r'stopped by SIGTERM at step (\d+) \((\d+) after the signal\);',
+      message).groups())
+  assert after <= pacing.DEPTH + 1  # Steps the devices ran after it.
   assert restore_params(workdir)[0] == stopped_at >= 5
   result = run_cli(cli_args(config, workdir, f'--stop_at_step={stopped_at + 2}'))
   assert result.returncode == 0, result.stderr[-2000:]
