@@ -44,7 +44,9 @@ CIFAR100 = Archive('CIFAR-100',
                    'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
                    '03b5dce01913d631647c71ecec9e9cb8', 'cifar-100-binary',
                    'CIFAR100')
-TIMEOUT_S = 60  # Per network read, not for the whole download.
+# Per connection attempt and network read, not for the whole download: an
+# offline machine whose packets go nowhere still ends within a minute.
+TIMEOUT_S = 20
 TEMPORARY = '.download-'  # Prefix of a download's temporary folder.
 
 
@@ -129,10 +131,12 @@ def _fetch(url: str, path: str, archive: Archive):
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
           ConnectionError) as e:
     reason = getattr(e, 'reason', None) or e
-    raise DataError(f'could not download {archive.name} from {url}: {reason} '
-                    f'(no network? download it elsewhere and pass '
-                    f'--config.data.dir=<its {archive.folder} folder>)'
-                    ) from None
+    raise DataError(
+        f'could not download {archive.name} from {url}: {reason} (no '
+        f'network? download that file where there is one and extract it into '
+        f'{cache_dir()} (it holds {archive.folder}/), or pass '
+        f'--config.data.dir=PATH/{archive.folder}, or set '
+        f'RESNET_JAX_{archive.env}_URL to a mirror)') from None
 
 
 def _check_md5(path: str, expected: str, url: str):
