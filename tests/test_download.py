@@ -296,3 +296,19 @@ def test_cifar100_downloads_into_its_own_folder(server, monkeypatch, tmp_path):
   monkeypatch.setenv('RESNET_JAX_CIFAR100_MD5', '0' * 32)
   assert download.fetch(download.CIFAR100) == os.path.join(
       server['env']['RESNET_JAX_DATA'], download.CIFAR100.folder)  # Cached.
+
+
+def test_the_module_fetches_and_prints_the_folder(server):
+  """`python -m resnet_jax.data.download`, as docs/gpus_and_clusters.md has
+  it before the GPU check: the folder on stdout, once downloaded."""
+  command = [sys.executable, '-m', 'resnet_jax.data.download']
+  for _ in range(2):
+    result = subprocess.run(command, cwd=REPO, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, **server['env']})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == server['target'] + '\n'
+  assert server['state']['requests'] == 1
+  result = subprocess.run(command + ['mnist'], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert_one_line_error(result, 'usage: python -m resnet_jax.data.download')

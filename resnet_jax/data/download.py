@@ -11,6 +11,8 @@ the dataset, and the next run starts over, removing what a killed download
 on this host left behind.
 $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 (CIFAR100 for CIFAR-100)
 point it at another copy (a mirror; the tests' local server).
+`python -m resnet_jax.data.download [cifar10|cifar100]` fetches one alone
+and prints its folder.
 """
 import dataclasses
 import hashlib
@@ -18,12 +20,13 @@ import http.client
 import os
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 
-from resnet_jax.errors import DataError
+from resnet_jax.errors import DataError, exit_with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,3 +162,21 @@ def _extract(archive: str, into: str, folder: str):
   if not os.path.isdir(os.path.join(into, folder)):
     raise DataError(f'{archive} holds no {folder}/ folder')
 
+
+
+def main(argv) -> None:
+  """`python -m resnet_jax.data.download [cifar10|cifar100]`: fetches the
+  archive into the cache (as a first run would) and prints its folder."""
+  archives = {'cifar10': CIFAR10, 'cifar100': CIFAR100}
+  name = argv[1] if len(argv) > 1 else 'cifar10'
+  if len(argv) > 2 or name not in archives:
+    exit_with(f'usage: python -m resnet_jax.data.download '
+              f'[{"|".join(archives)}], not {" ".join(argv[1:])}')
+  try:
+    print(fetch(archives[name]))
+  except DataError as e:
+    exit_with(str(e))
+
+
+if __name__ == '__main__':
+  main(sys.argv)
