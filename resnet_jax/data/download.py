@@ -163,7 +163,6 @@ def _extract(archive: str, into: str, folder: str):
     raise DataError(f'{archive} holds no {folder}/ folder')
 
 
-
 def main(argv) -> None:
   """`python -m resnet_jax.data.download [cifar10|cifar100]`: fetches the
   archive into the cache (as a first run would) and prints its folder."""
