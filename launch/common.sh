@@ -33,13 +33,14 @@ launch_die() {
 
 launch_usage() {
   cat <<EOF
-usage: $LAUNCH_NAME --config=FILE --workdir=DIR [options] [--config.KEY=VALUE ...]
+usage: $LAUNCH_NAME --config=FILE [--workdir=DIR] [options] [--config.KEY=VALUE ...]
 
 $LAUNCH_SUMMARY
 
 options:
   --config=FILE        a configs/*.py file (required)
-  --workdir=DIR        checkpoints, config.json and metrics.jsonl (required)
+  --workdir=DIR        checkpoints, config.json and metrics.jsonl (default:
+                       runs/NAME for --config=.../NAME.py, as resnet_jax.main)
 $LAUNCH_OPTIONS_HELP
   --dry-run            print the environment and the command, one per line,
                        and exit without running anything (or DRY_RUN=1)
@@ -119,7 +120,6 @@ launch_parse_args() {
     esac
   done
   [[ -n $LAUNCH_CONFIG ]] || launch_die "--config=FILE is required (for example --config=configs/resnet_conv.py)"
-  [[ -n $LAUNCH_WORKDIR ]] || launch_die "--workdir=DIR is required"
   # config_flags accepts FILE:ARGS; only FILE has to exist.
   [[ -f ${LAUNCH_CONFIG%%:*} ]] || launch_die "config file not found: ${LAUNCH_CONFIG%%:*}"
 }
@@ -214,13 +214,14 @@ launch_quote() {
   fi
 }
 
-# The python command: $PYTHON -m resnet_jax.main --config --workdir ARGS... and
-# the pass-through arguments. (The ${array[@]+...} forms keep bash < 4.4, which
+# The python command: $PYTHON -m resnet_jax.main --config [--workdir] ARGS...
+# and the pass-through arguments; without --workdir resnet_jax.main picks
+# runs/NAME itself. (The ${array[@]+...} forms keep bash < 4.4, which
 # calls an empty array unbound, working under set -u.)
 launch_main_command() {
   # shellcheck disable=SC2034  # used by the launchers that source this file
   LAUNCH_COMMAND=("${PYTHON:-python3}" -m resnet_jax.main
-    "--config=$LAUNCH_CONFIG" "--workdir=$LAUNCH_WORKDIR" "$@"
+    "--config=$LAUNCH_CONFIG" ${LAUNCH_WORKDIR:+"--workdir=$LAUNCH_WORKDIR"} "$@"
     ${LAUNCH_PASS[@]+"${LAUNCH_PASS[@]}"})
 }
 

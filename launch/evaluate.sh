@@ -11,7 +11,8 @@ LAUNCH_NAME=evaluate.sh
 LAUNCH_SUMMARY='Evaluates a checkpoint of DIR on a whole split, on one GPU; the last line
 printed is {"split", "accuracy", "loss", "num_examples", "step", "accuracy_std",
 "members", "ensemble"} (accuracy and loss: means over the members).
-Give the config the run was trained with; --config.data.dir=... points at the data.'
+Give the config the run was trained with (without --workdir, its default
+workdir runs/NAME); --config.data.dir=... points at the data.'
 LAUNCH_OPTIONS_HELP='  --checkpoint=WHICH   best (validation accuracy; default), best_loss, latest
                        or a step number
   --split=SPLIT        test (default), val or train
@@ -30,7 +31,7 @@ launch_own_option() {
 }
 
 launch_parse_args "$@"
-[[ -d $LAUNCH_WORKDIR ]] || launch_die "workdir not found: $LAUNCH_WORKDIR"
+[[ -z $LAUNCH_WORKDIR || -d $LAUNCH_WORKDIR ]] || launch_die "workdir not found: $LAUNCH_WORKDIR"
 launch_one_gpu "$gpu"
 launch_env_defaults
 launch_main_command --mode=evaluate "--checkpoint=$checkpoint" "--split=$split"

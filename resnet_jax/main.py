@@ -1,7 +1,9 @@
-"""The one entry point: python -m resnet_jax.main --config=... --workdir=...
+"""The one entry point: python -m resnet_jax.main --config=FILE [--workdir=DIR]
 
 Modes: train (resumes when the workdir has a checkpoint), evaluate, samples,
-predict and plot_schedule.
+predict and plot_schedule. Without --workdir the workdir is runs/NAME, NAME
+being the config file's name without .py, so `--config=configs/resnet_conv.py`
+alone trains (and later resumes, or evaluates) runs/resnet_conv.
 """
 import json
 import os
@@ -24,7 +26,9 @@ MODES = ('train', 'evaluate', 'samples', 'predict', 'plot_schedule')
 config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override keys with --config.KEY=VALUE.',
     lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, config and metrics go here.')
+flags.DEFINE_string('workdir', None,
+                    'Checkpoints, config and metrics go here (default: '
+                    'runs/NAME for --config=.../NAME.py).')
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_string('checkpoint', 'best',
                     'evaluate, samples, predict: best (validation accuracy), '
@@ -55,12 +59,21 @@ flags.DEFINE_integer('member', None,
                      '(their averaged probabilities).')
 flags.DEFINE_bool('json', False,
                   'samples, predict: print one JSON object instead of a table.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
+RUNS = 'runs'  # Default workdirs: RUNS/NAME for configs/NAME.py.
 
 
 def parse_flags(argv):
   """absl's parser, with every bad flag reported as one line and exit 2."""
+  # config_flags reports a missing file only when the config is first read,
+  # with a traceback, or as an unknown key of the overrides.
+  for i, arg in enumerate(argv):
+    path = (arg[len('--config='):] if arg.startswith('--config=') else
+            argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    if path is not None and not os.path.isfile(path.split(':', 1)[0]):
+      exit_with(f'--config={path}: no such file (the configs are in '
+                'configs/ of the repository; run from its root)')
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -81,6 +94,24 @@ def _unknown_config_key(argv) -> str:
       if unknown:
         return unknown
   return 'unknown config key in ' + ' '.join(argv[1:])
+
+
+def default_workdir(config_path: str) -> str:
+  """runs/NAME for a config file NAME.py (config_flags' FILE:ARGS too)."""
+  name = os.path.splitext(os.path.basename(config_path.split(':', 1)[0]))[0]
+  return os.path.join(RUNS, name)
+
+
+def workdir_flag() -> str:
+  """--workdir, or the default it stands for, said on stderr (stdout
+  carries the results of the other modes)."""
+  if FLAGS.workdir:
+    return FLAGS.workdir
+  workdir = default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  if jax.process_index() == 0:
+    print(f'workdir: {workdir} (from the config file\'s name; --workdir=DIR '
+          'sets another)', file=sys.stderr, flush=True)
+  return workdir
 
 
 def initialize_distributed():
@@ -115,8 +146,6 @@ def main(argv):
     exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.stop_at_step < 0:
     exit_with(f'--stop_at_step={FLAGS.stop_at_step} must be >= 0')
-  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    exit_with(f'--workdir={FLAGS.workdir} exists and is not a folder')
   initialize_distributed()
   compile_cache.enable()
   logging.set_verbosity(logging.ERROR)  # Orbax is chatty below ERROR.
@@ -125,21 +154,24 @@ def main(argv):
   logging.get_absl_logger().addFilter(
       lambda record: '/orbax/' not in record.pathname)
   quiet_closed_event_loops()
+  workdir = workdir_flag()
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    exit_with(f'--workdir={workdir} exists and is not a folder')
   try:
     if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.stop_at_step,
+      train.train_and_evaluate(FLAGS.config, workdir, FLAGS.stop_at_step,
                                FLAGS.restart)
     elif FLAGS.mode == 'samples':
-      predict.samples(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+      predict.samples(FLAGS.config, workdir, FLAGS.checkpoint,
                       FLAGS.split, FLAGS.num_samples, FLAGS.seed, FLAGS.json,
                       FLAGS.member)
     elif FLAGS.mode == 'predict':
-      predict.predict(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+      predict.predict(FLAGS.config, workdir, FLAGS.checkpoint,
                       FLAGS.images, FLAGS.json, FLAGS.member)
     elif FLAGS.mode == 'plot_schedule':
-      print(reporting.write_schedule_plot(FLAGS.config, FLAGS.workdir))
+      print(reporting.write_schedule_plot(FLAGS.config, workdir))
     else:
-      result = evaluate.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+      result = evaluate.evaluate(FLAGS.config, workdir, FLAGS.checkpoint,
                                  FLAGS.split)
       print(json.dumps(result))
   except checkpoint.SaveError as e:

@@ -1,10 +1,14 @@
-"""The device mesh, how host arrays are placed on it, and what it needs of
-the config.
+"""The device mesh, how host arrays are placed on it, what it needs of the
+config, and the line a run opens with to say what it trains on.
 
 Axes ('members', 'data'): by default the batch is split along 'data' and
 every device holds every member; with train.shard_members the member axis is
 split instead and each device trains whole members.
 """
+import importlib.metadata
+import os
+import sys
+
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -20,6 +24,48 @@ def create_mesh(shard_members: bool = False) -> jax.sharding.Mesh:
   # Auto axes: XLA propagates shardings from the constraints we place.
   return jax.make_mesh(shape, ('members', 'data'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def announce_runtime():
+  """Process 0 prints what the run trains on, e.g. `training on 1 x cpu
+  (jax 0.12.0), 1 process`, and a warning when a GPU build of jax is
+  installed but JAX fell back to the CPU (a driver too old, no GPU visible),
+  which it otherwise does without a word."""
+  if jax.process_index() != 0:
+    return
+  print(runtime_line(), flush=True)
+  warning = gpu_fallback_warning()
+  if warning:
+    print(warning, file=sys.stderr, flush=True)
+
+
+def runtime_line() -> str:
+  device = jax.devices()[0]
+  backend = jax.default_backend()
+  kind = device.device_kind
+  what = (f'{kind} (jax {jax.__version__})' if kind.lower() == backend
+          else f'{kind} ({backend}, jax {jax.__version__})')
+  processes = jax.process_count()
+  return (f'training on {jax.device_count()} x {what}, {processes} '
+          f'process{"es" if processes > 1 else ""}')
+
+
+def gpu_fallback_warning() -> str | None:
+  """One line if a GPU plugin of jax is installed, JAX runs on the CPU and
+  $JAX_PLATFORMS did not ask for the CPU alone."""
+  if jax.default_backend() != 'cpu' or os.environ.get(
+      'JAX_PLATFORMS', '').strip().lower() == 'cpu':
+    return None
+  plugins = sorted({d.metadata['Name'] for d in
+                    importlib.metadata.distributions()
+                    if (d.metadata['Name'] or '').lower().replace('_', '-')
+                    .startswith(('jax-cuda', 'jax-rocm'))})
+  if not plugins:
+    return None
+  return (f'warning: a GPU build of jax is installed ({", ".join(plugins)}) '
+          'but JAX runs on the CPU; check `nvidia-smi` and the driver '
+          'minimum in docs/gpus_and_clusters.md, and run with '
+          'JAX_PLATFORMS=cuda to see why JAX found no GPU')
 
 
 def member_sharding(mesh) -> NamedSharding:

@@ -309,6 +309,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int = 0,
 
 
 def _train_and_evaluate(config, workdir, stop_at_step, restart):
+  mesh_lib.announce_runtime()  # The run's first line: what it trains on.
   run_start = time.perf_counter()
   mesh = create_mesh(config.train.shard_members)
   mesh_lib.check(config, mesh)

@@ -1,12 +1,15 @@
 """The command line: modes, and bad input as one line, exit 2, nothing touched."""
 import json
 import os
+import re
+import subprocess
 
+import jax
 import pytest
 
-from conftest import (cli_args, random_cifar, run_cli, snapshot, tiny_config,
-                      write_cifar_bin)
-from resnet_jax import train
+from conftest import (REPO, cli_args, random_cifar, run_cli, snapshot,
+                      tiny_config, write_cifar_bin)
+from resnet_jax import main, train
 from resnet_jax.workdir import LOCK_FILE
 
 
@@ -139,3 +142,64 @@ def test_evaluate_refuses_data_with_other_class_names(tmp_path, cifar_dir):
       '\n'.join(f'other{k}' for k in range(10)) + '\n')
   result = run_cli(cli_args(config, tmp_path / 'w', '--mode=evaluate'))
   assert_one_line_error(result, "differ from those checkpoint 2 was trained on")
+
+
+def test_config_alone_trains_in_a_default_workdir_then_resumes_and_evaluates(
+    tmp_path):
+  """`--config=configs/NAME.py` alone: the workdir is runs/NAME (said on
+  stderr), a rerun resumes there and --mode=evaluate reads it. The first line
+  says what the run trains on; an installed GPU plugin (here a stand-in
+  dist-info, which jax does not load) while JAX runs on the CPU warns."""
+  plugin = tmp_path / 'site'
+  info = plugin / 'jax_cuda12_plugin-9.9.9.dist-info'
+  info.mkdir(parents=True)
+  (info / 'METADATA').write_text(
+      'Metadata-Version: 2.1\nName: jax-cuda12-plugin\nVersion: 9.9.9\n')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  env['PYTHONPATH'] = os.pathsep.join([str(plugin), REPO])
+  args = cli_args(tiny_config(**{'train.steps': 2, 'train.eval_every': 2,
+                                 'train.warmup_steps': 1}),
+                  'unused')
+  args.remove('--workdir=unused')
+  run = lambda *extra, **kw: subprocess.run(
+      args + list(extra), capture_output=True, text=True, cwd=tmp_path,
+      timeout=600, env={**env, **kw})
+  result = run()
+  assert result.returncode == 0, result.stderr
+  workdir = os.path.join('runs', 'resnet_conv')
+  assert (f'workdir: {workdir} (from the config file\'s name'
+          in result.stderr.splitlines()[0])
+  first = result.stdout.splitlines()[0]
+  assert re.fullmatch(r'training on 1 x cpu \(jax [0-9.a-z]+\), 1 process',
+                      first), result.stdout
+  assert jax.__version__ in first
+  warnings = [l for l in result.stderr.splitlines() if 'GPU build' in l]
+  assert warnings == [
+      'warning: a GPU build of jax is installed (jax-cuda12-plugin) but JAX '
+      'runs on the CPU; check `nvidia-smi` and the driver minimum in '
+      'docs/gpus_and_clusters.md, and run with JAX_PLATFORMS=cuda to see why '
+      'JAX found no GPU']
+  assert os.listdir(tmp_path / workdir / 'checkpoints') == ['2']
+  # Asked for the CPU: no warning. The same command resumes the run.
+  result = run('--config.train.steps=4', JAX_PLATFORMS='cpu')
+  assert result.returncode == 0, result.stderr
+  assert 'GPU build' not in result.stderr
+  assert 'Resuming from step 2 in' in result.stdout
+  assert sorted(os.listdir(tmp_path / workdir / 'checkpoints')) == ['2', '4']
+  result = run('--mode=evaluate', '--split=val', '--checkpoint=latest')
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout.splitlines()[-1])['step'] == 4
+
+
+def test_default_workdir_is_named_after_the_config_file():
+  assert main.default_workdir('configs/resnet_conv_fast.py') == os.path.join(
+      'runs', 'resnet_conv_fast')
+  assert main.default_workdir('/x/y/cnn.py:arg') == os.path.join('runs', 'cnn')
+
+
+@pytest.mark.parametrize('extra', [(), ('--config.train.steps=3',)])
+def test_a_missing_config_file_is_one_line(tmp_path, extra):
+  result = run_cli([*cli_args(tiny_config(), tmp_path / 'w')[:3],
+                    '--config=configs/no_such.py', *extra])
+  assert_one_line_error(result, '--config=configs/no_such.py: no such file')
+  assert not (tmp_path / 'w').exists()

@@ -6,9 +6,9 @@ shell block (```bash, ```sh or no language; line continuations joined,
 comments dropped, `&&` chains split) is checked by parsing alone, nothing
 trains:
 - resnet_jax.main: each flag is one of its absl flags and its value parses
-  (so --mode and --split take valid choices), --config and --workdir are
-  given, the config file exists, each --config.KEY is a key of that config,
-  and the overridden config passes config.validate;
+  (so --mode and --split take valid choices), --config is given (--workdir
+  defaults to runs/NAME), the config file exists, each --config.KEY is a key
+  of that config, and the overridden config passes config.validate;
 - launch/...: the script exists and accepts the options used (run with
   --dry-run, which parses everything and runs nothing), and the
   resnet_jax.main commands it prints pass the check above;
@@ -16,7 +16,8 @@ trains:
   after `--` are resnet_jax.main's and are checked as such).
 Also: the configuration reference (docs/configuration.md) matches
 resnet_jax/config.py, README.md stays a short front page linking every
-guide, and relative links point to files that exist.
+guide, relative links point to files that exist, and no page names an issue
+of a tracker the reader cannot open.
 """
 import ast
 import glob
@@ -200,7 +201,7 @@ def check_main_args(args):
         flag.parser.parse(value)  # Enums (--mode, --split), integers, ...
       except ValueError as e:
         problems.append(f'--{name}={value}: {e}')
-  problems += [f'--{name} is required' for name in ('config', 'workdir')
+  problems += [f'--{name} is required' for name in ('config',)
                if name not in given]
   if config_path:
     problems += check_overrides(config_path, overrides)
@@ -282,9 +283,8 @@ def test_the_commands_are_found():
   readme = [argv for where, argv in COMMANDS if where.startswith('README.md:')]
   assert [argv[:2] for argv in readme[:2]] == [['python3', '-m'],
                                                ['.venv/bin/pip', 'install']]
-  assert main_args(readme[2]) == [
-      '--config=configs/resnet_conv_fast.py', '--workdir=runs/resnet20_fast',
-      '--config.data.source=cifar10_binary']
+  # As short as the defaults allow: the workdir and the data are defaults.
+  assert main_args(readme[2]) == ['--config=configs/resnet_conv_fast.py']
   for name in ('getting_started', 'data', 'training', 'evaluation',
                'gpus_and_clusters', 'results'):
     checked = [w for w, argv in COMMANDS
@@ -326,7 +326,7 @@ BASE = ['--config=configs/resnet_conv.py', '--workdir=runs/x']
     (BASE + ['--config.train.steps=many'], '--config.train.steps=many'),
     (BASE + ['--config.data.source=cifar'], 'data.source'),
     (['--config=configs/resnet.py', '--workdir=x'], 'config file not found'),
-    (['--config=configs/resnet_conv.py'], '--workdir is required'),
+    (['--workdir=runs/x'], '--config is required'),
 ])
 def test_checker_reports_renamed_or_wrong_arguments(args, expected):
   problems = check_main_args(args)
@@ -477,3 +477,13 @@ def test_github_anchor():
       'several-models-in-one-run')
   assert github_anchor(' `--mode=evaluate`: a whole split') == (
       '--modeevaluate-a-whole-split')
+
+
+@pytest.mark.parametrize('path', [README] + GUIDES,
+                         ids=lambda p: os.path.relpath(p, REPO))
+def test_no_page_names_an_issue_of_our_tracker(path):
+  """Readers cannot open the project's tracker: pages name results, commits
+  and files, not "issue 30". Issues of public trackers are links."""
+  text = re.sub(r'\[[^\]]*\]\(https?://[^)]*\)', '', read(path))
+  found = re.findall(r'\bissues?\s+#?\d+', text, flags=re.I)
+  assert not found, f'{os.path.relpath(path, REPO)}: {found}'

@@ -5,12 +5,14 @@ import http.server
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -164,23 +166,26 @@ def test_a_full_disk_is_a_one_line_error(server):
   assert not os.path.exists(server['target'])
 
 
-def readme_first_command() -> str:
+def readme_first_command() -> list[str]:
   """The python part of README's first command (after the venv set-up)."""
   with open(os.path.join(REPO, 'README.md')) as f:
     block = f.read().split('```bash\n', 1)[1].split('```', 1)[0]
   line = next(l for l in block.splitlines() if l and not l.startswith('#'))
-  return line.split(' && ')[-1]
+  return line.split(' && ')[-1].split()
 
 
-@pytest.mark.slow
-def test_readme_first_command_runs_on_a_fresh_clone(server, tmp_path):
-  """A user's first hour: the repository alone in a new folder (nothing
-  beside it), the network replaced by the local server. README's first
-  command, shortened to 2 steps, downloads, verifies, trains and writes a
-  checkpoint."""
-  command = readme_first_command()
-  assert 'shared' not in command and 'data.dir' not in command, command
-  clone = tmp_path / 'new_folder' / 'resnet_jax'
+# The command this codebase is known by, as a user types it.
+THE_COMMAND = ['-m', 'resnet_jax.main', '--config=configs/resnet_conv.py']
+# Overrides that make it a 2-step run on the served 40 images.
+SHORTER = ['--config.train.steps=2', '--config.train.warmup_steps=1',
+           '--config.train.batch_size=8', '--config.train.eval_every=2',
+           '--config.train.eval_batch_size=10']
+
+
+def lone_clone(folder):
+  """The repository's tracked files alone in a new folder, nothing beside
+  it (no ../shared data): what a user's fresh clone holds."""
+  clone = folder / 'new_folder' / 'resnet_jax'
   files = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
                          capture_output=True).stdout.decode().split('\0')
   for name in filter(None, files):  # The working tree's tracked files.
@@ -189,21 +194,78 @@ def test_readme_first_command_runs_on_a_fresh_clone(server, tmp_path):
       os.makedirs(clone / os.path.dirname(name), exist_ok=True)
       with open(source, 'rb') as f:
         (clone / name).write_bytes(f.read())
-  python, *args = command.split()
-  assert python == '.venv/bin/python', command
-  shorter = ['--config.train.steps=2', '--config.train.warmup_steps=1',
-             '--config.train.batch_size=8', '--config.train.eval_every=2',
-             '--config.train.eval_batch_size=10']
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  result = subprocess.run([sys.executable, *args, *shorter], cwd=clone,
-                          capture_output=True, text=True, timeout=600,
-                          env={**env, **server['env']})
+  return clone
+
+
+def fresh_user_env(home, **extra):
+  """A new user's environment: a fresh HOME (so the cache is
+  HOME/.cache/resnet_jax), no PYTHONPATH (the clone's package is imported
+  from the working directory) and no cache folder of ours set."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('PYTHONPATH', 'RESNET_JAX_DATA')}
+  return {**env, 'HOME': str(home), **extra}
+
+
+def unused_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_the_command_offline_ends_in_one_line_saying_what_to_do(tmp_path):
+  """No network (the archive's URL refuses connections): exit 2 with one
+  error line that names the ways out, no traceback, within a minute."""
+  home = tmp_path / 'home'
+  (tmp_path / 'configs').symlink_to(os.path.join(REPO, 'configs'))
+  url = f'http://127.0.0.1:{unused_port()}/cifar-10-binary.tar.gz'
+  start = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, *THE_COMMAND], cwd=tmp_path, capture_output=True,
+      text=True, timeout=120, env=fresh_user_env(
+          home, PYTHONPATH=REPO, RESNET_JAX_CIFAR10_URL=url))
+  assert time.monotonic() - start < 60
+  assert_one_line_error(result, f'could not download CIFAR-10 from {url}')
+  error = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(error) == 1
+  cache = os.path.join(home, '.cache', 'resnet_jax')
+  assert f'extract it into {cache}' in error[0]
+  assert '--config.data.dir=PATH/cifar-10-batches-bin' in error[0]
+  assert not os.path.exists(os.path.join(cache, download.CIFAR10.folder))
+
+
+@pytest.mark.slow
+def test_the_command_and_readme_first_command_train_on_a_fresh_clone(
+    server, tmp_path):
+  """A user's first hour: the repository alone in a new folder, a fresh
+  HOME, the network replaced by the local server through the documented
+  mirror variables. Exactly `python -m resnet_jax.main
+  --config=configs/resnet_conv.py` (shortened to 2 steps) downloads, checks
+  and trains into runs/resnet_conv, saying first what it trains on; then
+  README's first command trains from the cache."""
+  readme = readme_first_command()
+  assert readme[0] == '.venv/bin/python', readme
+  assert not any('shared' in a or 'data.dir' in a for a in readme), readme
+  clone = lone_clone(tmp_path)
+  env = fresh_user_env(tmp_path / 'home', **{
+      k: v for k, v in server['env'].items() if k != 'RESNET_JAX_DATA'})
+  result = subprocess.run([sys.executable, *THE_COMMAND, *SHORTER], cwd=clone,
+                          capture_output=True, text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith(
+      f'training on 1 x cpu (jax {jax.__version__}), 1 process\n')
+  assert result.stderr.startswith('workdir: runs/resnet_conv ')
   assert server['state']['requests'] == 1
-  assert cache_entries(server) == [download.CIFAR10.folder]
-  workdir = next(a.split('=', 1)[1] for a in args if a.startswith('--workdir='))
-  assert os.listdir(clone / workdir / 'checkpoints') == ['2']
+  cache = tmp_path / 'home' / '.cache' / 'resnet_jax'
+  assert os.path.isdir(cache / download.CIFAR10.folder)
+  assert os.listdir(clone / 'runs' / 'resnet_conv' / 'checkpoints') == ['2']
   assert 'step 2: val_loss' in result.stdout + result.stderr
+  result = subprocess.run([sys.executable, *readme[1:], *SHORTER], cwd=clone,
+                          capture_output=True, text=True, timeout=600, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert server['state']['requests'] == 1  # From the cache.
+  config = next(a.split('=', 1)[1] for a in readme if a.startswith('--config='))
+  name = os.path.splitext(os.path.basename(config))[0]
+  assert os.listdir(clone / 'runs' / name / 'checkpoints') == ['2']
 
 
 def test_cifar100_downloads_into_its_own_folder(server, monkeypatch, tmp_path):
@@ -234,3 +296,19 @@ def test_cifar100_downloads_into_its_own_folder(server, monkeypatch, tmp_path):
   monkeypatch.setenv('RESNET_JAX_CIFAR100_MD5', '0' * 32)
   assert download.fetch(download.CIFAR100) == os.path.join(
       server['env']['RESNET_JAX_DATA'], download.CIFAR100.folder)  # Cached.
+
+
+def test_the_module_fetches_and_prints_the_folder(server):
+  """`python -m resnet_jax.data.download`, as docs/gpus_and_clusters.md has
+  it before the GPU check: the folder on stdout, once downloaded."""
+  command = [sys.executable, '-m', 'resnet_jax.data.download']
+  for _ in range(2):
+    result = subprocess.run(command, cwd=REPO, capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, **server['env']})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == server['target'] + '\n'
+  assert server['state']['requests'] == 1
+  result = subprocess.run(command + ['mnist'], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert_one_line_error(result, 'usage: python -m resnet_jax.data.download')

@@ -11,6 +11,8 @@ the dataset, and the next run starts over, removing what a killed download
 on this host left behind.
 $RESNET_JAX_CIFAR10_URL and $RESNET_JAX_CIFAR10_MD5 (CIFAR100 for CIFAR-100)
 point it at another copy (a mirror; the tests' local server).
+`python -m resnet_jax.data.download [cifar10|cifar100]` fetches one alone
+and prints its folder.
 """
 import dataclasses
 import hashlib
@@ -18,12 +20,13 @@ import http.client
 import os
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 
-from resnet_jax.errors import DataError
+from resnet_jax.errors import DataError, exit_with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,9 @@ CIFAR100 = Archive('CIFAR-100',
                    'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz',
                    '03b5dce01913d631647c71ecec9e9cb8', 'cifar-100-binary',
                    'CIFAR100')
-TIMEOUT_S = 60  # Per network read, not for the whole download.
+# Per connection attempt and network read, not for the whole download: an
+# offline machine whose packets go nowhere still ends within a minute.
+TIMEOUT_S = 20
 TEMPORARY = '.download-'  # Prefix of a download's temporary folder.
 
 
@@ -129,10 +134,12 @@ def _fetch(url: str, path: str, archive: Archive):
   except (urllib.error.URLError, http.client.HTTPException, TimeoutError,
           ConnectionError) as e:
     reason = getattr(e, 'reason', None) or e
-    raise DataError(f'could not download {archive.name} from {url}: {reason} '
-                    f'(no network? download it elsewhere and pass '
-                    f'--config.data.dir=<its {archive.folder} folder>)'
-                    ) from None
+    raise DataError(
+        f'could not download {archive.name} from {url}: {reason} (no '
+        f'network? download that file where there is one and extract it into '
+        f'{cache_dir()} (it holds {archive.folder}/), or pass '
+        f'--config.data.dir=PATH/{archive.folder}, or set '
+        f'RESNET_JAX_{archive.env}_URL to a mirror)') from None
 
 
 def _check_md5(path: str, expected: str, url: str):
@@ -155,3 +162,20 @@ def _extract(archive: str, into: str, folder: str):
   if not os.path.isdir(os.path.join(into, folder)):
     raise DataError(f'{archive} holds no {folder}/ folder')
 
+
+def main(argv) -> None:
+  """`python -m resnet_jax.data.download [cifar10|cifar100]`: fetches the
+  archive into the cache (as a first run would) and prints its folder."""
+  archives = {'cifar10': CIFAR10, 'cifar100': CIFAR100}
+  name = argv[1] if len(argv) > 1 else 'cifar10'
+  if len(argv) > 2 or name not in archives:
+    exit_with(f'usage: python -m resnet_jax.data.download '
+              f'[{"|".join(archives)}], not {" ".join(argv[1:])}')
+  try:
+    print(fetch(archives[name]))
+  except DataError as e:
+    exit_with(str(e))
+
+
+if __name__ == '__main__':
+  main(sys.argv)
