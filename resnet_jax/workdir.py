@@ -69,6 +69,8 @@ SETTLE_S = 0.5
 # A record unreadable for this long: one that changes meanwhile is being
 # written (held); one that stays the same is what a dead writer left (none).
 TORN_WAIT_S = 1.0
+# Tries at taking the path while other runs remove it as they release it.
+TAKE_ATTEMPTS = 20
 # Process 0's error, sent to the other processes of a multi-host run.
 MESSAGE_BYTES = 2048
 
@@ -126,14 +128,13 @@ class RunLock:
     # either finds it held or, once it is released, finds that the path no
     # longer names the file it locked (_open_locked), never a second holder.
     try:
-      if exc_type and self._created and os.listdir(workdir) == [LOCK_FILE]:
-        # A run that failed before writing anything (a bad data.dir) leaves
-        # no workdir behind.
-        with contextlib.suppress(OSError):
+      with contextlib.suppress(OSError):
+        if exc_type and self._created and os.listdir(workdir) == [LOCK_FILE]:
+          # A run that failed before writing anything (a bad data.dir)
+          # leaves no workdir behind.
           os.unlink(self.path)
           os.rmdir(workdir)
-      else:
-        with contextlib.suppress(OSError):
+        else:
           os.ftruncate(self._fd, 0)  # Released: no host needs to wait.
     finally:
       os.close(self._fd)  # Releases the flock.
@@ -169,18 +170,22 @@ class RunLock:
     """(fd of the lock file, whether flock holds it); WorkdirBusy if another
     process on this host holds it."""
     workdir = os.path.dirname(self.path)
-    while True:
+    for attempt in range(TAKE_ATTEMPTS):
       self._created = not os.path.isdir(workdir)
       os.makedirs(workdir, exist_ok=True)
       try:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
       except FileNotFoundError:  # A failed run's release removed the
-        continue  # workdir it had created: create it again.
+        if attempt == TAKE_ATTEMPTS - 1:  # workdir it had created: create
+          raise  # it again.
+        continue
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        holder = read_holder(fd)
-        os.close(fd)
+        try:
+          holder = read_holder(fd)
+        finally:
+          os.close(fd)
         raise WorkdirBusy(self._busy(holder)) from None
       except OSError:  # No flock on this filesystem: the heartbeat alone.
         return fd, False
@@ -189,6 +194,7 @@ class RunLock:
       # Its holder removed it while releasing, after we opened it: our
       # flock is on a file nobody else will open. Take the path afresh.
       os.close(fd)
+    raise WorkdirBusy(self._busy(None))  # Other runs kept taking it.
 
   def _write_record(self, fd):
     data = json.dumps({**self._record, 'heartbeat': time.time()}).encode()
