@@ -17,12 +17,6 @@ measured:
                 on its checkpoint its last ones (bfloat16 trains in
                 accuracy_gpu)
   tests         a handful of the suite's tests on the GPU backend
-A stage fails, and so does the check (exit 1), if its child fails or one of
-its checks does (a failing test, a resume that differs): a green check
-holds. The smoke and tests stages ask XLA for deterministic GPU operations
-(DETERMINISTIC): without them a resumed run may differ from its twin in the
-last bits (atomic accumulations in some kernels), which the comparisons
-would count as a failed resume.
   throughput    bench/gpu_throughput.py: JAX step vs the PyTorch twin,
                 ResNet-20 at batch 128 and 512, float32 and bfloat16 (rows
                 kept if the stage runs out of time)
@@ -36,6 +30,13 @@ would count as a failed resume.
                 128)
   accuracy_gpu  the same with configs/resnet_conv_gpu.py (batch 512,
                 bfloat16)
+
+A stage fails, and so does the check (exit 1), if its child fails or one of
+its checks does (a failing test, a resume that differs): a green check
+holds. The smoke and tests stages ask XLA for deterministic GPU operations
+(DETERMINISTIC): without them a resumed run may differ from its twin in the
+last bits (atomic accumulations in some kernels), which the comparisons
+would count as a failed resume.
 
 The limits come from an H200's figures (issue 30): a resnet_jax.main process
 took ~30 s to its first step before the compilation cache, the default grid
@@ -129,7 +130,9 @@ def run(command, deadline, env=None):
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           timeout=max(1.0, deadline - time.time()), env=env)
   if result.returncode != 0:
-    tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+    # The error line (stderr) and a summary such as pytest's (stdout).
+    tail = [*result.stderr.strip().splitlines()[-3:],
+            *result.stdout.strip().splitlines()[-1:]]
     raise RuntimeError(f'exit {result.returncode}: {" / ".join(tail)}')
   return result.stdout
 
@@ -219,9 +222,10 @@ def tests(args, s, scratch, deadline):
   command = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
              'no:cacheprovider', *TESTS]
   # A failing test fails the stage: run() raises with pytest's last lines.
-  out = run(command, deadline, deterministic_env())
+  env = deterministic_env()
+  out = run(command, deadline, env)
   return {'summary': out.strip().splitlines()[-1]}, {
-      'tests': shlex.join(command), 'XLA_FLAGS': deterministic_env()['XLA_FLAGS']}
+      'tests': shlex.join(command), 'XLA_FLAGS': env['XLA_FLAGS']}
 
 
 class PartialRows(RuntimeError):
