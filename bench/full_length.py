@@ -85,9 +85,14 @@ def train_all(args, extra, report, write):
       history = (reporting.read_history(run_dir) if os.path.exists(
           os.path.join(run_dir, 'metrics.jsonl')) else [])
       steps = [r['step'] for r in history if 'step' in r]
+      validations = [r for r in history if 'val_accuracy' in r]
       report['runs'][name].update(
           exit_code=child.returncode, seconds=round(time.time() - started, 1),
           last_step=max(steps, default=0),
+          # The run's own last validation (metrics.jsonl), single view as
+          # these configs evaluate: single_view below must reproduce it.
+          last_val_accuracy=(validations[-1]['val_accuracy']
+                             if validations else None),
           finished=child.returncode == 0)
       del running[name]
       write()

@@ -13,7 +13,8 @@ rewritten as each stage ends, so a check stopped midway keeps what it
 measured:
   smoke         train float32 (evaluating on the way), SIGKILL after the
                 first checkpoint, resume to the end; an uninterrupted twin
-                must give the same validation figures (bfloat16 trains in
+                must give the same validation figures, and --mode=evaluate
+                on its checkpoint its last ones (bfloat16 trains in
                 accuracy_gpu)
   tests         a handful of the suite's tests on the GPU backend
   throughput    bench/gpu_throughput.py: JAX step vs the PyTorch twin,
@@ -29,6 +30,13 @@ measured:
                 128)
   accuracy_gpu  the same with configs/resnet_conv_gpu.py (batch 512,
                 bfloat16)
+
+A stage fails, and so does the check (exit 1), if its child fails or one of
+its checks does (a failing test, a resume that differs): a green check
+holds. The smoke and tests stages ask XLA for deterministic GPU operations
+(DETERMINISTIC): without them a resumed run may differ from its twin in the
+last bits (atomic accumulations in some kernels), which the comparisons
+would count as a failed resume.
 
 The limits come from an H200's figures (issue 30): a resnet_jax.main process
 took ~30 s to its first step before the compilation cache, the default grid
@@ -92,18 +100,39 @@ def stage_args(args):
               accuracy=[])
 
 
+# For the stages that compare runs bit for bit: XLA's deterministic GPU
+# kernels (no effect on a CPU).
+DETERMINISTIC = '--xla_gpu_deterministic_ops=true'
+
+
+class ChecksFailed(RuntimeError):
+  """A stage ran but some of its checks failed; its figures are kept."""
+
+  def __init__(self, failed, figures, commands):
+    super().__init__(f'failed checks: {", ".join(failed)}')
+    self.figures, self.commands = figures, commands
+
+
+def deterministic_env():
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} {DETERMINISTIC}'.strip()
+  return env
+
+
 def main_command(config, workdir, *extra):
   return [sys.executable, '-m', 'resnet_jax.main',
           f'--config={ROOT}/configs/{config}', f'--workdir={workdir}', *extra]
 
 
-def run(command, deadline, check=True):
+def run(command, deadline, env=None):
   """Runs a stage's child until the stage's deadline; returns its stdout
   (raises on failure)."""
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          timeout=max(1.0, deadline - time.time()))
-  if check and result.returncode != 0:
-    tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+                          timeout=max(1.0, deadline - time.time()), env=env)
+  if result.returncode != 0:
+    # The error line (stderr) and a summary such as pytest's (stdout).
+    tail = [*result.stderr.strip().splitlines()[-3:],
+            *result.stdout.strip().splitlines()[-1:]]
     raise RuntimeError(f'exit {result.returncode}: {" / ".join(tail)}')
   return result.stdout
 
@@ -117,12 +146,13 @@ def smoke(args, s, scratch, deadline):
             f'--config.train.eval_every={s["eval_every"]}',
             f'--config.train.warmup_steps={s["warmup"]}']
   figures, commands = {}, {}
+  env = deterministic_env()
   for dtype in ('float32',):
     workdir = os.path.join(scratch, f'smoke_{dtype}')
     train = main_command('resnet_conv.py', workdir, *common,
                          f'--config.train.dtype={dtype}')
     start = time.perf_counter()
-    run(train, deadline)
+    run(train, deadline, env)
     history = reporting.read_history(workdir)
     final = [r for r in history if 'val_accuracy' in r][-1]
     rates = [r['images_per_sec'] for r in history if r.get('images_per_sec')]
@@ -137,7 +167,7 @@ def smoke(args, s, scratch, deadline):
                                                          'smoke_float32'),
                           *common, '--mode=evaluate', '--split=val',
                           '--checkpoint=latest')
-  result = last_json(run(evaluate, deadline))
+  result = last_json(run(evaluate, deadline, env))
   figures['evaluate'] = {'val_accuracy': result['accuracy'],
                          'val_loss': result['loss']}
   commands['evaluate'] = shlex.join(evaluate)
@@ -146,25 +176,44 @@ def smoke(args, s, scratch, deadline):
   workdir = os.path.join(scratch, 'smoke_killed')
   train = main_command('resnet_conv.py', workdir, *common,
                        '--config.train.dtype=float32')
-  child = subprocess.Popen(train, cwd=ROOT, stdout=subprocess.DEVNULL,
+  child = subprocess.Popen(train, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
   first = os.path.join(workdir, 'checkpoints', str(s['eval_every']))
   while (not os.path.isdir(first) and child.poll() is None
          and time.time() < deadline):
     time.sleep(0.05)
+  # Read now: retention removes this checkpoint once the resumed run saves
+  # a later one.
+  checkpoint_before_kill = os.path.isdir(first)
   killed_mid_run = child.poll() is None
   child.kill()  # SIGKILL
   child.wait()
-  run(train, deadline)
+  run(train, deadline, env)
   resumed = [r for r in reporting.read_history(workdir)
              if 'val_accuracy' in r][-1]
   figures['kill_resume'] = {
       'killed_mid_run': killed_mid_run,
-      'checkpoint_before_kill': os.path.isdir(first),
+      'checkpoint_before_kill': checkpoint_before_kill,
       'val_accuracy': resumed['val_accuracy'], 'val_loss': resumed['val_loss'],
       'equals_uninterrupted': all(resumed[k] == figures['float32'][k]
                                   for k in ('val_accuracy', 'val_loss'))}
   commands['kill_resume'] = [shlex.join(train) + '  # SIGKILL, then again']
+  commands['XLA_FLAGS'] = env['XLA_FLAGS']
+  kill = figures['kill_resume']
+  evaluated, trained = figures['evaluate'], figures['float32']
+  checks = {
+      # As tests/test_train.py's: the same program on the same checkpoint.
+      'evaluate_reproduces': (
+          abs(evaluated['val_accuracy'] - trained['val_accuracy']) <= 1e-6
+          and abs(evaluated['val_loss'] - trained['val_loss'])
+          <= 1e-5 * abs(trained['val_loss'])),
+      # A run that ended before the kill, or was killed before its first
+      # checkpoint, proves nothing about resuming.
+      'killed_mid_run': kill['killed_mid_run'],
+      'checkpoint_before_kill': kill['checkpoint_before_kill'],
+      'equals_uninterrupted': kill['equals_uninterrupted']}
+  if failed := [name for name, held in checks.items() if not held]:
+    raise ChecksFailed(failed, figures, commands)
   return figures, commands
 
 
@@ -172,9 +221,11 @@ def tests(args, s, scratch, deadline):
   # -n 0: one process; xdist's workers would each preallocate GPU memory.
   command = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
              'no:cacheprovider', *TESTS]
-  out = run(command, deadline, check=False)
-  return {'summary': out.strip().splitlines()[-1] if out.strip() else ''}, {
-      'tests': shlex.join(command)}
+  # A failing test fails the stage: run() raises with pytest's last lines.
+  env = deterministic_env()
+  out = run(command, deadline, env)
+  return {'summary': out.strip().splitlines()[-1]}, {
+      'tests': shlex.join(command), 'XLA_FLAGS': env['XLA_FLAGS']}
 
 
 class PartialRows(RuntimeError):
@@ -311,6 +362,8 @@ def main():
         entry = {'ok': False, 'error': f'{type(e).__name__}: {e}'}
         if isinstance(e, PartialRows):
           entry['figures'] = {'rows': e.rows}
+        if isinstance(e, ChecksFailed):
+          entry.update(figures=e.figures, commands=e.commands)
       entry['seconds'] = round(time.perf_counter() - start, 1)
       report['stages'][name] = entry
       print(f'{name}: {"ok" if entry["ok"] else entry["error"]} '

@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | str, workdir: str,
   """
   if isinstance(config, str):
     config = get_config(config)
-  # As the command line does; it takes effect if this process has compiled
-  # nothing yet (JAX decides once).
+  # As the command line does; programs this process compiled before are not
+  # cached (it warns once).
   compile_cache.enable()
   return train.train_and_evaluate(config, workdir, stop_at_step, restart)

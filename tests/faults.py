@@ -12,6 +12,14 @@ reproduces:
                     disk that fills up; Python ignores SIGXFSZ, so a write
                     fails with EFBIG
   full_disk_during  the same, during the call only
+
+  python tests/faults.py lock_race WORKDIR MARKS ROUNDS PAUSE
+
+takes and releases WORKDIR's run lock ROUNDS times, racing the other
+processes doing the same, with a PAUSE seconds on each side of every
+release of the lock's flock (the window in which a release could let two
+runs in); while it holds the lock it appends `enter PID` and `exit PID` to
+MARKS (O_APPEND: whole lines in the order they happened).
 """
 import functools
 import importlib
@@ -22,6 +30,7 @@ import runpy
 import signal
 import sys
 import threading
+import time
 
 # MOMENT: (module, function, where a kill lands).
 MOMENTS = {
@@ -99,7 +108,61 @@ def inject(fault: str, moment: str, count: int, rng: random.Random):
     checkpoint.save = save_and_wait
 
 
+def pause_around_unlock(seconds: float):
+  """Sleeps `seconds` before and after each close that releases a flock,
+  whatever the release does between."""
+  close = os.close
+
+  def pausing_close(fd):
+    try:
+      with open(f'/proc/self/fdinfo/{fd}') as f:
+        releases = 'FLOCK' in f.read()
+    except OSError:
+      releases = False
+    if not releases:
+      return close(fd)
+    time.sleep(seconds)
+    close(fd)
+    time.sleep(seconds)
+    return None
+
+  os.close = pausing_close
+
+
+def race_for_lock(workdir: str, marks: str, rounds: int, pause: float):
+  """See the docstring; every other run fails, so that its release also
+  removes the lock file and the workdir."""
+  workdir_lib = importlib.import_module('resnet_jax.workdir')
+  pause_around_unlock(pause)
+  workdir_lib.jax.process_index()  # JAX's start-up, before the race.
+  out = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+  os.write(out, b'ready\n')
+  while not os.path.exists(marks + '.go'):  # All start together.
+    time.sleep(0.01)
+  for held in range(rounds):
+    while True:
+      lock = workdir_lib.RunLock(workdir)
+      try:
+        lock.__enter__()
+        break
+      except workdir_lib.WorkdirBusy:
+        time.sleep(0.002)
+    os.write(out, f'enter {os.getpid()}\n'.encode())
+    time.sleep(0.01)
+    os.write(out, f'exit {os.getpid()}\n'.encode())
+    failed = held % 2 == 0
+    # As if it had created the workdir, whoever did: a failed run's release
+    # removes the lock file and the workdir.
+    lock._created |= failed  # pylint: disable=protected-access
+    lock.__exit__(RuntimeError if failed else None, None, None)
+
+
 def main():
+  if sys.argv[1] == 'lock_race':
+    workdir, marks, rounds, pause = sys.argv[2:]
+    sys.path.insert(0, os.getcwd())
+    race_for_lock(workdir, marks, int(rounds), float(pause))
+    return
   fault, moment, count, seed, *args = sys.argv[1:]
   assert fault in ('kill', 'full_disk', 'full_disk_during'), fault
   sys.path.insert(0, os.getcwd())  # As `python -m` does.

@@ -33,6 +33,14 @@ def test_runs_trained_side_by_side_and_evaluated_both_ways(tmp_path):
   for name, run in report['runs'].items():
     assert run['finished'] and run['exit_code'] == 0 and run['last_step'] == 8
     assert f'--workdir={tmp_path / "w" / name}' in run['command']
+    # The evaluation of the last checkpoint, single view, is the run's own
+    # last validation (these configs validate single view).
+    history = [json.loads(line) for line in
+               (tmp_path / 'w' / name / 'metrics.jsonl').read_text().splitlines()]
+    last = [r for r in history if 'val_accuracy' in r][-1]
+    assert last['step'] == 8
+    assert run['single_view']['accuracy'] == last['val_accuracy']
+    assert run['last_val_accuracy'] == last['val_accuracy']
     for view, flip in (('single_view', False), ('flip_tta', True)):
       entry = run[view]
       assert 0 <= entry['accuracy'] <= 1 and entry['step'] == 8
@@ -48,7 +56,7 @@ def test_runs_past_the_limit_are_stopped_and_recorded(tmp_path):
   assert list(report['runs']) == MODELS
   for run in report['runs'].values():
     assert not run['finished'] and run['exit_code'] != 0
-    assert run['last_step'] == 0
+    assert run['last_step'] == 0 and run['last_val_accuracy'] is None
     # Nothing to evaluate: the evaluation's one-line error, no figures.
     assert 'accuracy' not in run['single_view']
     assert run['single_view']['error'].startswith('error: ')

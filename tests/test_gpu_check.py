@@ -1,6 +1,7 @@
 """bench/gpu_check.py, rehearsed on the CPU: its plan, and one tiny stage
 writing the JSON it would write on a GPU (the whole --tiny run takes minutes
 here; bench/README.md)."""
+import argparse
 import json
 import os
 import subprocess
@@ -56,9 +57,60 @@ def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   assert all(row['images_per_sec'] > 0 for row in stage['figures']['rows'])
 
 
-def test_a_benchmark_out_of_time_keeps_the_rows_it_wrote(tmp_path):
+def import_check():
   sys.path.insert(0, os.path.join(REPO, 'bench'))
   import gpu_check  # pylint: disable=import-outside-toplevel
+  return gpu_check
+
+
+@pytest.mark.parametrize('fails', [False, True])
+def test_a_failing_test_fails_the_tests_stage_and_the_check(
+    tmp_path, monkeypatch, fails):
+  gpu_check = import_check()
+  injected = tmp_path / 'test_injected.py'
+  injected.write_text('def test_holds():\n  pass\n\n\n'
+                      f'def test_may_fail():\n  assert not {fails}\n')
+  monkeypatch.setattr(gpu_check, 'TESTS', (str(injected),))
+  out = tmp_path / 'check.json'
+  monkeypatch.setattr(sys, 'argv', ['gpu_check.py', '--tiny', '--stages=tests',
+                                    f'--out={out}'])
+  with pytest.raises(SystemExit) as exited:
+    gpu_check.main()
+  stage = json.loads(out.read_text())['stages']['tests']
+  if fails:
+    assert exited.value.code == 1 and not stage['ok']
+    assert '1 failed, 1 passed' in stage['error'], stage
+  else:
+    assert exited.value.code == 0 and stage['ok']
+    assert '2 passed' in stage['figures']['summary'], stage
+
+
+@pytest.mark.slow
+def test_a_resume_that_differs_fails_the_smoke_stage(tmp_path, monkeypatch):
+  """The killed run resumes with another seed: of the smoke's checks, that
+  its validation equals the uninterrupted run's alone fails (the others
+  hold, on a CPU as on a GPU), and its figures are kept."""
+  gpu_check = import_check()
+  command = gpu_check.main_command
+
+  def reseeded(config, workdir, *extra):
+    if workdir.endswith('smoke_killed'):
+      extra = (*extra, '--config.seed=7')
+    return command(config, workdir, *extra)
+
+  monkeypatch.setattr(gpu_check, 'main_command', reseeded)
+  args = argparse.Namespace(tiny=True)
+  with pytest.raises(gpu_check.ChecksFailed,
+                     match='failed checks: equals_uninterrupted$') as failed:
+    gpu_check.smoke(args, gpu_check.stage_args(args), str(tmp_path),
+                    time.time() + 600)
+  kill = failed.value.figures['kill_resume']
+  assert kill['killed_mid_run'] and kill['checkpoint_before_kill']
+  assert not kill['equals_uninterrupted']
+
+
+def test_a_benchmark_out_of_time_keeps_the_rows_it_wrote(tmp_path):
+  gpu_check = import_check()
   # A benchmark that writes one row, then hangs past the stage's limit.
   script = tmp_path / 'hangs.py'
   script.write_text('import json, sys, time\n'

@@ -1,4 +1,5 @@
 """Two processes on localhost (gloo CPU collectives), 2 devices each."""
+import os
 import socket
 import subprocess
 
@@ -22,7 +23,7 @@ def run_two_processes(config, workdir, *extra):
   procs = [subprocess.Popen(
       cli_args(config, workdir, f'--coordinator_address=localhost:{port}',
                '--num_processes=2', f'--process_id={i}', *extra),
-      cwd=REPO, env={**__import__('os').environ, **env},
+      cwd=REPO, env={**os.environ, **env},
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
@@ -65,3 +66,30 @@ def test_two_processes_streaming_match_one_process_in_memory(tmp_path):
   run_two_processes(config, tmp_path / 'multi')
   config.data.streaming = 'off'
   assert_matches_one_process(config, tmp_path, tmp_path / 'multi', 4)
+
+
+def test_a_lock_process_0_cannot_take_stops_every_process(tmp_path):
+  """Process 0 fails to take the run lock (its workdir is under a file):
+  both processes stop with its one error line, neither waits for it."""
+  (tmp_path / 'file').write_text('x')
+  port = free_port()
+  env = {**os.environ,
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [subprocess.Popen(
+      cli_args(tiny_config(), tmp_path / 'file' / 'w',
+               f'--coordinator_address=localhost:{port}', '--num_processes=2',
+               f'--process_id={i}'),
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 2, err[-3000:]
+    assert 'Traceback' not in err
+    assert err.strip().splitlines()[-1] == (
+        f'error: cannot take the run lock {tmp_path}/file/w/.lock: '
+        'NotADirectoryError: Not a directory; choose a --workdir this user '
+        'can create and write'), err[-3000:]

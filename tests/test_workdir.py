@@ -1,6 +1,8 @@
 """One run per workdir, and nothing a crash or a full disk leaves behind
 stops the resume (resnet_jax/workdir.py; faults injected by tests/faults.py).
 """
+import errno
+import itertools
 import json
 import os
 import random
@@ -16,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_args, snapshot, tiny_config
+from conftest import REPO, cli_args, run_cli, snapshot, tiny_config
 from test_cli import assert_one_line_error
 from test_reliability import start_cli, wait_for_record
 from test_train import restore_params
@@ -144,6 +146,162 @@ def test_a_second_run_refuses_at_once_and_the_first_goes_on(tmp_path):
   steps = [(r['step'], 'val_loss' in r)
            for r in reporting.read_history(workdir)]
   assert steps == sorted(set(steps))
+
+
+def race_for_lock(tmp_path, workers, rounds, pause):
+  """tests/faults.py's lock_race in `workers` processes; the marks they
+  appended while holding the lock, in order."""
+  marks = tmp_path / 'marks'
+  procs = [subprocess.Popen(
+      [sys.executable, FAULTS, 'lock_race', str(tmp_path / 'w'), str(marks),
+       str(rounds), str(pause)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+           for _ in range(workers)]
+  deadline = time.time() + 120
+  while not marks.exists() or marks.read_text().count('ready') < workers:
+    assert time.time() < deadline and all(p.poll() is None for p in procs)
+    time.sleep(0.05)
+  (tmp_path / 'marks.go').touch()
+  for p in procs:
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-3000:]
+  return [line for line in marks.read_text().splitlines() if line != 'ready']
+
+
+def test_racing_runs_never_hold_the_lock_together(tmp_path):
+  """Three processes take and release one workdir's lock 10 times each,
+  with a pause on each side of every flock release; every other release
+  removes the lock file and the workdir (a failed run's)."""
+  workers, rounds = 3, 10
+  marks = race_for_lock(tmp_path, workers, rounds, pause=0.02)
+  assert len(marks) == 2 * workers * rounds
+  for enter, leave in zip(marks[::2], marks[1::2]):
+    assert enter.startswith('enter ') and leave == 'exit ' + enter[6:], marks
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+  """A filesystem without flock (some network filesystems): it raises."""
+  def flock(fd, operation):
+    raise OSError(errno.ENOLCK, 'No locks available')
+  monkeypatch.setattr(workdir_lib.fcntl, 'flock', flock)
+  monkeypatch.setattr(workdir_lib, 'SETTLE_S', 0.2)
+
+
+def test_without_flock_the_record_alone_holds(tmp_path, no_flock):
+  with RunLock(str(tmp_path)):
+    assert read_record(tmp_path)['pid'] == os.getpid()
+    with pytest.raises(WorkdirBusy, match=f'pid {os.getpid()}, since '):
+      RunLock(str(tmp_path)).__enter__()
+  assert read_record(tmp_path) is None
+  with RunLock(str(tmp_path)):
+    pass
+
+
+def test_without_flock_two_runs_at_once_leave_one_holder(tmp_path, no_flock,
+                                                         monkeypatch):
+  """Both read "no holder" before either writes its record: the re-read
+  after writing lets one of them in."""
+  both_read = threading.Barrier(2, timeout=10)
+  read = workdir_lib.read_holder
+  first_reads = set()
+
+  def read_then_wait(fd):
+    holder = read(fd)
+    if threading.get_ident() not in first_reads:
+      first_reads.add(threading.get_ident())
+      both_read.wait()
+    return holder
+
+  monkeypatch.setattr(workdir_lib, 'read_holder', read_then_wait)
+  outcomes = []
+
+  def take():
+    lock = RunLock(str(tmp_path))
+    try:
+      outcomes.append(lock.__enter__())
+    except WorkdirBusy as e:
+      outcomes.append(e)
+
+  threads = [threading.Thread(target=take) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  held = [o for o in outcomes if isinstance(o, RunLock)]
+  assert len(held) == 1 and len(outcomes) == 2, outcomes
+  assert read_record(tmp_path)['token'] == held[0]._record['token']  # pylint: disable=protected-access
+  held[0].__exit__(None, None, None)
+
+
+def test_a_reader_never_sees_a_torn_record(tmp_path, monkeypatch):
+  """Records of different lengths rewritten in a loop (the heartbeat):
+  every read of the file is one whole record."""
+  monkeypatch.setattr(workdir_lib, 'HEARTBEAT_EVERY_S', 0)
+  hosts = iter(lambda: random.choice(['h', 'h' * 300]), None)
+  monkeypatch.setattr(workdir_lib.socket, 'gethostname', lambda: next(hosts))
+  torn = reads = 0
+  with RunLock(str(tmp_path)) as lock:
+    fd = os.open(lock.path, os.O_RDONLY)
+    deadline = time.time() + 1
+    while time.time() < deadline:
+      reads += 1
+      try:
+        json.loads(os.pread(fd, 4096, 0))
+      except ValueError:
+        torn += 1
+    os.close(fd)
+  assert torn == 0, f'{torn} of {reads} reads torn'
+
+
+def test_a_record_being_rewritten_holds_and_junk_does_not(tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setattr(workdir_lib, 'TORN_WAIT_S', 0.3)
+  path = tmp_path / workdir_lib.LOCK_FILE
+  stop = threading.Event()
+
+  def rewrite():  # Never whole, and changing.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    for i in itertools.count():
+      if stop.is_set():
+        return os.close(fd)
+      os.pwrite(fd, f'{{"host": "elsewhere", "heartbeat": {i:06d}'.encode(), 0)
+      time.sleep(0.01)
+
+  writer = threading.Thread(target=rewrite)
+  writer.start()
+  while not (path.exists() and path.stat().st_size):
+    time.sleep(0.01)
+  try:
+    with pytest.raises(WorkdirBusy, match='another process .it is rewriting'):
+      RunLock(str(tmp_path)).__enter__()
+  finally:
+    stop.set()
+    writer.join()
+  path.write_text('{"host": "elsewhere", "heart')  # A dead writer's.
+  with RunLock(str(tmp_path)):
+    assert read_record(tmp_path)['host'] == socket.gethostname()
+
+
+@pytest.mark.parametrize('failure', ['makedirs', 'open'])
+def test_a_workdir_that_cannot_hold_the_lock_is_one_line(tmp_path, monkeypatch,
+                                                         failure):
+  def denied(*args, **kwargs):
+    raise PermissionError(errno.EACCES, 'Permission denied')
+  monkeypatch.setattr(workdir_lib.os, failure, denied)
+  with pytest.raises(workdir_lib.WorkdirUnusable) as refused:
+    RunLock(str(tmp_path / 'w')).__enter__()
+  monkeypatch.undo()
+  assert str(refused.value) == (
+      f'cannot take the run lock {tmp_path}/w/.lock: PermissionError: '
+      'Permission denied; choose a --workdir this user can create and write')
+
+
+def test_a_workdir_under_a_file_is_one_line_from_the_cli(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  result = run_cli(cli_args(tiny_config(), tmp_path / 'file' / 'w'))
+  assert_one_line_error(result, f'cannot take the run lock {tmp_path}/file/w/'
+                        '.lock: NotADirectoryError: Not a directory')
+  assert (tmp_path / 'file').read_text() == 'x'
 
 
 # Torn files ------------------------------------------------------------------
