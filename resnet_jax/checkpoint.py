@@ -184,7 +184,10 @@ def restore_meta(manager, step: int, config) -> dict:
         'had members, a format this version no longer reads; restore it '
         'with resnet_jax 0a73b07 or earlier and save it again')
   expected = architecture(config)
-  saved = meta.get('architecture', {})
+  # An architecture key added since the checkpoint was written (e.g.
+  # model.width_factor) has its default there.
+  saved = {**architecture(config_lib.base_config()),
+           **meta.get('architecture', {})}
   diffs = [f'{k}={saved.get(k)!r} (config: {v!r})'
            for k, v in expected.items() if saved.get(k) != v]
   if diffs:

@@ -23,10 +23,13 @@ CHOICES = {
     'train.dtype': ('float32', 'bfloat16', 'float16'),
     'train.on_nonfinite': ('stop', 'skip'),
 }
+# The built-in models without a width factor or dropout.
+IGNORE_WRN_KEYS = ('resnet', 'cnn', 'preact_resnet')
 # Keys that describe the architecture: a checkpoint restores only into a
 # config that agrees on all of them.
 ARCHITECTURE_KEYS = ('model.name', 'model.num_layers', 'model.shortcut',
-                     'model.num_classes', 'data.image_size', 'data.grayscale')
+                     'model.num_classes', 'model.width_factor',
+                     'data.image_size', 'data.grayscale')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,8 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet'
-  c.model.num_layers = 3  # n: depth 6n+2, so ResNet-20.
-  c.model.shortcut = 'conv'
+  # n, the blocks per stage: ResNet and cnn depth 6n+2 (3: ResNet-20), wrn
+  # 6n+4 (4: WRN-28), preact_resnet 8n+2 (2: PreAct ResNet-18).
+  c.model.num_layers = 3
+  c.model.shortcut = 'conv'  # resnet: 1x1-conv (B) or zero-pad (A) shortcuts.
+  c.model.width_factor = 1  # wrn: k, stage widths 16k, 32k, 64k.
+  c.model.dropout = 0.0  # wrn: dropout rate between a block's convolutions.
   c.model.num_classes = 10
   # 'auto': the CPU backend differentiates convolutions through cpu_conv.py
   # (same mathematics, faster on XLA:CPU); GPUs and TPUs use XLA's own.
@@ -159,6 +166,7 @@ def validate(config) -> None:
       raise ConfigError(f'{key}={lookup(config, key)!r} is not valid; choose '
                         f'one of: {", ".join(choices)}')
   at_least = {'model.num_layers': 1, 'model.num_classes': 2,
+              'model.width_factor': 1,
               'data.image_size': 4, 'data.synthetic_examples': 2,
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
@@ -172,6 +180,7 @@ def validate(config) -> None:
   ranges = {'data.val_fraction': (0, 1, False), 'train.learning_rate': (0, None, False),
             'data.max_in_memory_gb': (0, None, False),
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
+            'model.dropout': (0, 1, True),
             'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
   for key, (low, high, closed) in ranges.items():
     value = lookup(config, key)
@@ -180,6 +189,10 @@ def validate(config) -> None:
     if not ok:
       bound = f'{"[" if closed else "("}{low}, {high if high is not None else "inf"})'
       raise ConfigError(f'{key}={value!r} must be in {bound}')
+  for key, default in (('model.width_factor', 1), ('model.dropout', 0)):
+    if config.model.name in IGNORE_WRN_KEYS and lookup(config, key) != default:
+      raise ConfigError(f'{key} applies to model.name=wrn only, not '
+                        f'{config.model.name}')
   if config.train.warmup_steps >= config.train.steps:
     raise ConfigError(f'train.warmup_steps={config.train.warmup_steps} must be '
                       f'below train.steps={config.train.steps}')

@@ -21,7 +21,7 @@ from resnet_jax import config as config_lib
 INVALID_VALUES = {
     'seed': -1, 'model.name': 'vgg', 'model.num_layers': 0,
     'model.shortcut': 'identity', 'model.num_classes': 1,
-    'model.conv_impl': 'cudnn',
+    'model.conv_impl': 'cudnn', 'model.width_factor': 0, 'model.dropout': 1.5,
     'data.source': 'imagenet', 'data.dir': '/no/such/folder',
     'data.val_fraction': 0.0, 'data.image_size': 2, 'data.grayscale': None,
     'data.synthetic_examples': 1, 'data.synthetic_seed': -3,
