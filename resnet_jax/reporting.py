@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from resnet_jax import config as config_lib
-from resnet_jax import optim
+from resnet_jax import models, optim
 from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import require
 
@@ -405,9 +405,7 @@ def _fmt(value, spec):
 
 def report_markdown(config, summary, history, resume_step=0) -> str:
   m, d, t = config.model, config.data, config.train
-  depth = 6 * m.num_layers + 2
-  model = (f'ResNet-{depth} ({m.shortcut} shortcuts)' if m.name == 'resnet'
-           else f'plain CNN, {depth} layers')
+  model = models.describe(m).title
   channels = 1 if d.grayscale else 3
   swept = lambda values, default: (
       ', '.join(f'{v:g}' for v in values) + ' (swept)' if values

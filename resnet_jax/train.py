@@ -81,11 +81,13 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   backward."""
   images = augment.random_crop_flip(rng, batch['image'])
   images = augment.normalize(images, *normalization)
+  # Its own stream, so the augmentation's draws do not change with dropout.
+  dropout_rng = jax.random.fold_in(rng, 1)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, mutable=['batch_stats'])
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     loss = inference.cross_entropy(logits, batch['label'],
                                    label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
