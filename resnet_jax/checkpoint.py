@@ -257,6 +257,8 @@ def restore_or_init(manager, config, state, workdir):
   def restore(manager, step):
     meta = restore_meta(manager, step, config)
     check_members(meta, config, manager.directory, step)
+    optim.check_resumable(meta['config'].get('train', {}), config.train,
+                          f'checkpoint {step} in {manager.directory}')
     return restore_state(manager, step, state), meta
 
   found = newest_intact(manager, workdir, restore)
@@ -265,7 +267,7 @@ def restore_or_init(manager, config, state, workdir):
   step, (restored, meta) = found
   if jax.process_index() == 0:
     print(f'Resuming from step {step} in {manager.directory}')
-  hyperparams = state.opt_state.hyperparams
+  hyperparams = optim.hyperparams_state(state.opt_state).hyperparams
   state = restored.replace(opt_state=optim.with_hyperparams(
       restored.opt_state, hyperparams['learning_rate'],
       hyperparams['weight_decay']))

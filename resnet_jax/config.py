@@ -75,9 +75,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
   c.train.steps = 64_000  # He et al.: 64k steps of 128, ~182 epochs.
-  c.train.optimizer = 'sgd'  # Nesterov momentum.
+  c.train.optimizer = 'sgd'
   c.train.learning_rate = 0.1
   c.train.momentum = 0.9
+  c.train.nesterov = True  # sgd: Nesterov momentum, else He et al.'s plain.
+  # Clip the gradient to this global norm before the optimizer; 0: off.
+  c.train.grad_clip_norm = 0.0
   c.train.schedule = 'cosine'
   c.train.warmup_steps = 1_000
   c.train.step_boundaries = (0.5, 0.75)  # Fractions of steps, for 'step'.
@@ -181,6 +184,7 @@ def validate(config) -> None:
             'data.max_in_memory_gb': (0, None, False),
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
             'model.dropout': (0, 1, True),
+            'train.grad_clip_norm': (0, None, True),
             'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
   for key, (low, high, closed) in ranges.items():
     value = lookup(config, key)
@@ -204,9 +208,9 @@ def validate(config) -> None:
         and (v > 0 if positive else v >= 0) for v in values):
       raise ConfigError(f'{key}={values!r} must be a tuple of numbers '
                         f'{"> 0" if positive else ">= 0"}, e.g. (0.05,0.1)')
-  if not isinstance(config.train.shard_members, bool):
-    raise ConfigError(f'train.shard_members={config.train.shard_members!r} '
-                      'must be True or False')
+  for key in ('train.shard_members', 'train.nesterov'):
+    if not isinstance(lookup(config, key), bool):
+      raise ConfigError(f'{key}={lookup(config, key)!r} must be True or False')
   if config.train.member_chunk and config.train.shard_members:
     raise ConfigError('train.member_chunk works without train.shard_members '
                       '(each device already trains whole members)')

@@ -30,6 +30,7 @@ INVALID_VALUES = {
     'data.max_in_memory_gb': -1.0, 'data.streaming': 'sometimes',
     'train.batch_size': 0, 'train.steps': 0, 'train.optimizer': 'lion',
     'train.learning_rate': -0.1, 'train.momentum': 1.5,
+    'train.nesterov': None, 'train.grad_clip_norm': -1.0,
     'train.schedule': 'exponential', 'train.warmup_steps': -1,
     'train.step_boundaries': '(0.9,0.1)', 'train.step_factor': 0.0,
     'train.weight_decay': -1e-4, 'train.label_smoothing': 1.0,
