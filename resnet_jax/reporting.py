@@ -441,6 +441,10 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
     rows.append(('best validation accuracy',
                  f'**{best["val_accuracy"]:.4f} at step {best["step"]:,}** '
                  f'(epoch {best["epoch"]:.2f}, loss {best["val_loss"]:.4f})'))
+  if not d.get('val_fraction', 0.1):
+    rows.append(('validation', 'none: data.val_fraction=0 trains on every '
+                 'training image; the latest checkpoint is the result '
+                 '(--mode=evaluate --split=test)'))
   rows += [
       ('final validation accuracy / loss',
        f'{_fmt(summary.get("val_accuracy"), ".4f")} / '

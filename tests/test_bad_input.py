@@ -23,7 +23,7 @@ INVALID_VALUES = {
     'model.shortcut': 'identity', 'model.num_classes': 1,
     'model.conv_impl': 'cudnn', 'model.width_factor': 0, 'model.dropout': 1.5,
     'data.source': 'imagenet', 'data.dir': '/no/such/folder',
-    'data.val_fraction': 0.0, 'data.image_size': 2, 'data.grayscale': None,
+    'data.val_fraction': 1.0, 'data.image_size': 2, 'data.grayscale': None,
     'data.synthetic_examples': 1, 'data.synthetic_seed': -3,
     'data.name': 'no_such_dataset', 'data.download': None,
     'data.skip_corrupt': None, 'data.decode_threads': -1,

@@ -1,5 +1,7 @@
 """The optimizer's switches (train.nesterov, train.grad_clip_norm) and
 training on every training image (data.val_fraction=0)."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +10,9 @@ import pytest
 
 from conftest import snapshot, tiny_config
 from resnet_jax import config as config_lib
-from resnet_jax import optim, train
-from resnet_jax.errors import CheckpointError
+from resnet_jax import checkpoint, data, evaluate, optim, reporting, train
+from resnet_jax.data import stream
+from resnet_jax.errors import CheckpointError, DataError
 from resnet_jax.workdir import LOCK_FILE
 
 PARAMS = {'kernel': jnp.arange(6.0).reshape(2, 3) / 10, 'bias': jnp.ones(3)}
@@ -110,3 +113,39 @@ def test_clipping_trains_resumes_and_is_not_switched_on_a_resume(tmp_path):
   assert after == before
   summary = train.train_and_evaluate(clipped, str(tmp_path))
   assert summary['step'] == 2 and np.isfinite(summary['val_loss'])
+
+
+def test_every_training_image_trains_and_the_test_split_reports(
+    tmp_path, cifar_dir):
+  folder, arrays = cifar_dir  # 7 + 5 + 1 training images, 3 test images.
+  config = tiny_config(**{
+      'data.source': 'cifar10_binary', 'data.dir': str(folder),
+      'data.image_size': 32, 'data.val_fraction': 0.0, 'train.batch_size': 4,
+      'train.steps': 4, 'train.warmup_steps': 0, 'train.eval_every': 2,
+      'train.log_every': 2})
+  splits = data.load_splits(config, ('train', 'test'))
+  assert len(splits['train']) == 13 and len(splits['test']) == 3
+  assert len(stream.open_split(config, 'train')) == 13  # Streamed, the same.
+  with pytest.raises(DataError, match='data.val_fraction=0 leaves no '
+                     'validation split'):
+    data.load_splits(config, ('val',))
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary['step'] == 4 and summary['val_accuracy'] is None
+  assert summary['members'][0]['val_accuracy'] is None
+  history = reporting.read_history(str(tmp_path))
+  assert [r['step'] for r in history] == [2, 4]  # Training records only.
+  assert not any(k.startswith('val') for r in history for k in r)
+  assert 'validation | none: data.val_fraction=0' in (
+      tmp_path / 'report.md').read_text()
+  # No validation to rank by: 'best' is the latest checkpoint.
+  manager = checkpoint.create_manager(str(tmp_path), read_only=True)
+  assert manager.all_steps() == [4]
+  assert checkpoint.select_step(manager, 'best') == 4
+  report = evaluate.evaluate(config, str(tmp_path), 'best', 'test')
+  assert (report['split'], report['step'], report['num_examples']) == (
+      'test', 4, 3)
+  # Without a test split (as the local CIFAR-10 folder): one clear line.
+  os.remove(folder / 'test_batch.bin')
+  with pytest.raises(DataError, match=r"split 'test' asked for, but .* has "
+                     r'no test_batch.bin$'):
+    evaluate.evaluate(config, str(tmp_path), 'best', 'test')
