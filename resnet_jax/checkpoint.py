@@ -257,7 +257,7 @@ def restore_or_init(manager, config, state, workdir):
   def restore(manager, step):
     meta = restore_meta(manager, step, config)
     check_members(meta, config, manager.directory, step)
-    optim.check_resumable(meta['config'].get('train', {}), config.train,
+    optim.check_resumable(meta.get('config', {}).get('train', {}), config.train,
                           f'checkpoint {step} in {manager.directory}')
     return restore_state(manager, step, state), meta
 
