@@ -96,7 +96,6 @@ def test_gradient_clipping_by_global_norm():
       tx.init(PARAMS)[1])
 
 
-@pytest.mark.slow  # Three tiny runs.
 def test_clipping_trains_resumes_and_is_not_switched_on_a_resume(tmp_path):
   short = {'train.steps': 2, 'train.eval_every': 2, 'train.warmup_steps': 0,
            'train.nesterov': False}
@@ -116,7 +115,7 @@ def test_clipping_trains_resumes_and_is_not_switched_on_a_resume(tmp_path):
 
 
 def test_every_training_image_trains_and_the_test_split_reports(
-    tmp_path, cifar_dir):
+    tmp_path, cifar_dir, capsys):
   folder, arrays = cifar_dir  # 7 + 5 + 1 training images, 3 test images.
   config = tiny_config(**{
       'data.source': 'cifar10_binary', 'data.dir': str(folder),
@@ -137,6 +136,8 @@ def test_every_training_image_trains_and_the_test_split_reports(
   assert not any(k.startswith('val') for r in history for k in r)
   assert 'validation | none: data.val_fraction=0' in (
       tmp_path / 'report.md').read_text()
+  assert 'warning' not in capsys.readouterr().err  # Plots, TensorBoard drawn.
+  assert (tmp_path / 'plots' / 'loss.png').exists()
   # No validation to rank by: 'best' is the latest checkpoint.
   manager = checkpoint.create_manager(str(tmp_path), read_only=True)
   assert manager.all_steps() == [4]
