@@ -2,6 +2,8 @@
 members: train, resume, evaluate, samples, predict, the Python API, reports
 and compare. Tiny (8x8 images, one block a stage, 2 steps): the real sizes
 are too heavy for CPU tests (their parameter counts: test_models.py)."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from test_train import restore_params
-from resnet_jax import api, compare, evaluate, predict, train
+from resnet_jax import api, compare, evaluate, models, optim, predict, train
 from resnet_jax.errors import CheckpointError
 
 TINY = {'data.image_size': 8, 'train.steps': 2, 'train.warmup_steps': 0,
@@ -67,3 +69,30 @@ def test_model_in_every_mode_with_members(tmp_path, name):
     with pytest.raises(CheckpointError,
                        match=r'model.width_factor=2 \(config: 3\)'):
       evaluate.evaluate(wider, workdir, 'latest', 'test')
+
+
+def test_train_step_gives_dropout_its_own_key():
+  config = tiny_config(**{'data.image_size': 8, 'model.name': 'wrn',
+                          'model.num_layers': 1})
+  batch = {'image': np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3),
+                                                      dtype=np.uint8),
+           'label': np.arange(8, dtype=np.int32) % 10}
+
+  def losses(dropout):
+    """The loss of one step, twice, from the same parameters and key."""
+    config.model.dropout = dropout
+    model = models.from_config(config)
+    variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3)))
+    state = train.TrainState.create(
+        apply_fn=model.apply, params=variables['params'],
+        batch_stats=variables['batch_stats'],
+        tx=optim.create_optimizer(config.train))
+    step = jax.jit(functools.partial(
+        train.train_step, normalization=([0.5] * 3, [0.25] * 3),
+        label_smoothing=0.0, train_config=config.train))
+    return [float(step(state, batch, jax.random.key(1))[1]['loss'])
+            for _ in range(2)]
+
+  # Dropout changes the loss, and the same key draws the same masks again.
+  with_dropout, without = losses(0.5), losses(0.0)
+  assert with_dropout[0] == with_dropout[1] != without[0]
