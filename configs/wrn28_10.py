@@ -1,7 +1,7 @@
 """WRN-28-10 (Zagoruyko & Komodakis 2016, 36.5M parameters) with the
 30-epoch recipe of configs/resnet_conv_fast.py (config.fast_recipe). The
-paper trains 200 epochs with dropout 0.3 available; set train.steps and
-model.dropout for its schedule. Too heavy for a CPU: a GPU's model."""
+paper trains 200 epochs, some rows with dropout 0.3 (model.dropout). Too
+heavy for a CPU: a GPU's model."""
 from resnet_jax import config as config_lib
 
 
