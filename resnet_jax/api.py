@@ -87,9 +87,8 @@ class Classifier:
     return probabilities
 
   def __repr__(self):
-    m = self.config.model
-    return (f'Classifier({m.name}, {6 * m.num_layers + 2} layers, '
-            f'shortcut={m.shortcut!r}, step {self.step}, '
+    return (f'Classifier({models.describe(self.config.model).title}, '
+            f'step {self.step}, '
             f'{len(self.class_names)} classes, {len(self.members)} member(s))')
 
 

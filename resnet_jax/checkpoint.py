@@ -184,7 +184,10 @@ def restore_meta(manager, step: int, config) -> dict:
         'had members, a format this version no longer reads; restore it '
         'with resnet_jax 0a73b07 or earlier and save it again')
   expected = architecture(config)
-  saved = meta.get('architecture', {})
+  # An architecture key added since the checkpoint was written (e.g.
+  # model.width_factor) has its default there.
+  saved = {**architecture(config_lib.base_config()),
+           **meta.get('architecture', {})}
   diffs = [f'{k}={saved.get(k)!r} (config: {v!r})'
            for k, v in expected.items() if saved.get(k) != v]
   if diffs:
@@ -254,6 +257,8 @@ def restore_or_init(manager, config, state, workdir):
   def restore(manager, step):
     meta = restore_meta(manager, step, config)
     check_members(meta, config, manager.directory, step)
+    optim.check_resumable(meta.get('config', {}).get('train', {}), config.train,
+                          f'checkpoint {step} in {manager.directory}')
     return restore_state(manager, step, state), meta
 
   found = newest_intact(manager, workdir, restore)
@@ -262,7 +267,7 @@ def restore_or_init(manager, config, state, workdir):
   step, (restored, meta) = found
   if jax.process_index() == 0:
     print(f'Resuming from step {step} in {manager.directory}')
-  hyperparams = state.opt_state.hyperparams
+  hyperparams = optim.hyperparams_state(state.opt_state).hyperparams
   state = restored.replace(opt_state=optim.with_hyperparams(
       restored.opt_state, hyperparams['learning_rate'],
       hyperparams['weight_decay']))

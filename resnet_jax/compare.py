@@ -39,17 +39,14 @@ class Run:
   label: str = ''
 
   @property
-  def depth(self) -> int:
-    return 6 * self.config['model']['num_layers'] + 2
+  def model(self) -> models.Description:
+    return models.describe(ml_collections.ConfigDict(self.config['model']))
 
   def group(self, by: str) -> str:
     """The panel the run goes in: its model name, family or one for all."""
-    model = self.config['model']
     if by == 'none':
       return 'all runs'
-    if model['name'] == 'cnn':
-      return 'plain'
-    return f'ResNet ({model["shortcut"]})' if by == 'family' else 'ResNet'
+    return self.model.family if by == 'family' else self.model.kind
 
 
 def load_run(workdir: str) -> Run:
@@ -123,7 +120,7 @@ def table_row(run: Run) -> list[str]:
   train_accuracy = _last(history, 'train_accuracy')
   rates = [r['images_per_sec'] for r in history
            if r.get('images_per_sec') is not None]
-  return [run.label, run.group('family'), str(run.depth),
+  return [run.label, run.group('family'), fmt(run.model.depth, 'd'),
           f'{parameters(run):,}',
           f'{step:,}' if step >= steps else f'{step:,} of {steps:,}',
           fmt(_last(history, 'epoch'), '.1f'),
@@ -187,7 +184,8 @@ def set_labels(runs, labels: str | None):
     if len(names) != len(runs):
       raise UserError(f'--labels has {len(names)} names for {len(runs)} runs')
   else:
-    names = [f'{r.group("name").lower()}-{r.depth}' for r in runs]
+    names = [r.model.kind.lower() + (f'-{r.model.depth}' if r.model.depth
+                                     else '') for r in runs]
     names = [f'{n} ({r.workdir})' if names.count(n) > 1 else n
              for n, r in zip(names, runs)]
   for run, name in zip(runs, names):
@@ -207,8 +205,9 @@ def main(argv=None):
   parser.add_argument('--table', metavar='FILE.md',
                       help='also write the table (always printed) here')
   parser.add_argument('--group', choices=GROUPS, default='family',
-                      help='one panel per model name (plain, ResNet), family '
-                      '(plain, ResNet (conv), ...) or one for all')
+                      help='one panel per model kind (plain, ResNet, WRN, ...), '
+                      'family (plain, ResNet (conv), WRN (k=10), ...) or one '
+                      'for all')
   parser.add_argument('--labels', metavar='A,B,...',
                       help='one per DIR (default: plain-20, resnet-56, ...)')
   args = parser.parse_args(argv)

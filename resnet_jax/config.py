@@ -23,10 +23,13 @@ CHOICES = {
     'train.dtype': ('float32', 'bfloat16', 'float16'),
     'train.on_nonfinite': ('stop', 'skip'),
 }
+# The built-in models without a width factor or dropout.
+IGNORE_WRN_KEYS = ('resnet', 'cnn', 'preact_resnet')
 # Keys that describe the architecture: a checkpoint restores only into a
 # config that agrees on all of them.
 ARCHITECTURE_KEYS = ('model.name', 'model.num_layers', 'model.shortcut',
-                     'model.num_classes', 'data.image_size', 'data.grayscale')
+                     'model.num_classes', 'model.width_factor',
+                     'data.image_size', 'data.grayscale')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,8 +39,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet'
-  c.model.num_layers = 3  # n: depth 6n+2, so ResNet-20.
-  c.model.shortcut = 'conv'
+  # n, the blocks per stage: ResNet and cnn depth 6n+2 (3: ResNet-20), wrn
+  # 6n+4 (4: WRN-28), preact_resnet 8n+2 (2: PreAct ResNet-18).
+  c.model.num_layers = 3
+  c.model.shortcut = 'conv'  # resnet: 1x1-conv (B) or zero-pad (A) shortcuts.
+  c.model.width_factor = 1  # wrn: k, stage widths 16k, 32k, 64k.
+  c.model.dropout = 0.0  # wrn: dropout rate between a block's convolutions.
   c.model.num_classes = 10
   # 'auto': the CPU backend differentiates convolutions through cpu_conv.py
   # (same mathematics, faster on XLA:CPU); GPUs and TPUs use XLA's own.
@@ -50,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the tfds-prepare extra) and folder (your images) are one flag away.
   c.data.source = 'cifar10_binary'
   c.data.dir = ''  # The data folder; for tfds its data_dir ('': default).
-  c.data.val_fraction = 0.1  # 45,000 / 5,000 for CIFAR-10.
+  # 45,000 / 5,000 for CIFAR-10. 0: train on all 50,000 with no validation
+  # during the run; the latest checkpoint is the result (report the test split).
+  c.data.val_fraction = 0.1
   c.data.image_size = 32
   c.data.grayscale = False
   c.data.synthetic_examples = 1024  # Per split, for data.source=synthetic.
@@ -70,9 +79,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
   c.train.steps = 64_000  # He et al.: 64k steps of 128, ~182 epochs.
-  c.train.optimizer = 'sgd'  # Nesterov momentum.
+  c.train.optimizer = 'sgd'
   c.train.learning_rate = 0.1
   c.train.momentum = 0.9
+  c.train.nesterov = True  # sgd: Nesterov momentum, else He et al.'s plain.
+  # Clip the gradient to this global norm before the optimizer; 0: off.
+  c.train.grad_clip_norm = 0.0
   c.train.schedule = 'cosine'
   c.train.warmup_steps = 1_000
   c.train.step_boundaries = (0.5, 0.75)  # Fractions of steps, for 'step'.
@@ -164,6 +176,7 @@ def validate(config) -> None:
       raise ConfigError(f'{key}={lookup(config, key)!r} is not valid; choose '
                         f'one of: {", ".join(choices)}')
   at_least = {'model.num_layers': 1, 'model.num_classes': 2,
+              'model.width_factor': 1,
               'data.image_size': 4, 'data.synthetic_examples': 2,
               'train.batch_size': 1, 'train.steps': 1, 'train.eval_every': 1,
               'train.log_every': 1, 'train.eval_batch_size': 1,
@@ -174,9 +187,11 @@ def validate(config) -> None:
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ConfigError(f'{key}={value!r} must be an integer >= {low}')
-  ranges = {'data.val_fraction': (0, 1, False), 'train.learning_rate': (0, None, False),
+  ranges = {'data.val_fraction': (0, 1, True), 'train.learning_rate': (0, None, False),
             'data.max_in_memory_gb': (0, None, False),
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
+            'model.dropout': (0, 1, True),
+            'train.grad_clip_norm': (0, None, True),
             'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
   for key, (low, high, closed) in ranges.items():
     value = lookup(config, key)
@@ -185,6 +200,10 @@ def validate(config) -> None:
     if not ok:
       bound = f'{"[" if closed else "("}{low}, {high if high is not None else "inf"})'
       raise ConfigError(f'{key}={value!r} must be in {bound}')
+  for key, default in (('model.width_factor', 1), ('model.dropout', 0)):
+    if config.model.name in IGNORE_WRN_KEYS and lookup(config, key) != default:
+      raise ConfigError(f'{key} applies to model.name=wrn only, not '
+                        f'{config.model.name}')
   if config.train.warmup_steps >= config.train.steps:
     raise ConfigError(f'train.warmup_steps={config.train.warmup_steps} must be '
                       f'below train.steps={config.train.steps}')
@@ -196,9 +215,9 @@ def validate(config) -> None:
         and (v > 0 if positive else v >= 0) for v in values):
       raise ConfigError(f'{key}={values!r} must be a tuple of numbers '
                         f'{"> 0" if positive else ">= 0"}, e.g. (0.05,0.1)')
-  if not isinstance(config.train.shard_members, bool):
-    raise ConfigError(f'train.shard_members={config.train.shard_members!r} '
-                      'must be True or False')
+  for key in ('train.shard_members', 'train.nesterov'):
+    if not isinstance(lookup(config, key), bool):
+      raise ConfigError(f'{key}={lookup(config, key)!r} must be True or False')
   if config.train.member_chunk and config.train.shard_members:
     raise ConfigError('train.member_chunk works without train.shard_members '
                       '(each device already trains whole members)')

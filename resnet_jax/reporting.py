@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from resnet_jax import config as config_lib
-from resnet_jax import optim
+from resnet_jax import models, optim
 from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import require
 
@@ -405,9 +405,7 @@ def _fmt(value, spec):
 
 def report_markdown(config, summary, history, resume_step=0) -> str:
   m, d, t = config.model, config.data, config.train
-  depth = 6 * m.num_layers + 2
-  model = (f'ResNet-{depth} ({m.shortcut} shortcuts)' if m.name == 'resnet'
-           else f'plain CNN, {depth} layers')
+  model = models.describe(m).title
   channels = 1 if d.grayscale else 3
   swept = lambda values, default: (
       ', '.join(f'{v:g}' for v in values) + ' (swept)' if values
@@ -443,6 +441,10 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
     rows.append(('best validation accuracy',
                  f'**{best["val_accuracy"]:.4f} at step {best["step"]:,}** '
                  f'(epoch {best["epoch"]:.2f}, loss {best["val_loss"]:.4f})'))
+  if not d.get('val_fraction', 0.1):
+    rows.append(('validation', 'none: data.val_fraction=0 trains on every '
+                 'training image; the latest checkpoint is the result '
+                 '(--mode=evaluate --split=test)'))
   rows += [
       ('final validation accuracy / loss',
        f'{_fmt(summary.get("val_accuracy"), ".4f")} / '

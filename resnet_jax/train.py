@@ -81,11 +81,13 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   backward."""
   images = augment.random_crop_flip(rng, batch['image'])
   images = augment.normalize(images, *normalization)
+  # Its own stream, so the augmentation's draws do not change with dropout.
+  dropout_rng = jax.random.fold_in(rng, 1)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, mutable=['batch_stats'])
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     loss = inference.cross_entropy(logits, batch['label'],
                                    label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
@@ -241,22 +243,24 @@ def member_chunk_auto(config) -> int:
 
 
 def load_train_val(config, streamed: bool):
-  """(splits, normalization) of 'train' and 'val'.
+  """(splits, normalization) of 'train' and 'val' ('train' alone with
+  data.val_fraction=0).
 
   In memory: data.Split arrays. Streamed: stream.StreamedSplit readers, but
   a validation split that fits data.max_in_memory_gb is decoded into memory
   (it is evaluated many times); the statistics then come from a sample.
   """
+  names = data.training_splits(config.data)
   if streamed:
-    splits = {name: stream.open_split(config, name) for name in ('train', 'val')}
+    splits = {name: stream.open_split(config, name) for name in names}
   else:
-    splits = data.load_splits(config, ('train', 'val'))
+    splits = data.load_splits(config, names)
   if len(splits['train']) < config.train.batch_size:
     raise ConfigError(f'train.batch_size={config.train.batch_size} exceeds '
                       f'the {len(splits["train"])} training examples')
   if not streamed:
     return splits, data.channel_stats(splits['train'].images)
-  if folder.fits_in_memory(len(splits['val']), config.data):
+  if 'val' in splits and folder.fits_in_memory(len(splits['val']), config.data):
     splits['val'] = splits['val'].load()
   return splits, stream.channel_stats(splits['train'])
 
@@ -267,7 +271,7 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   The loop calls train_fn(state, next(train_inputs)) each step: the whole
   dataset on the devices and the epoch's orders (train_fn samples the
   batch), or the step's streamed batch. run_eval(state) gives the
-  validation metrics.
+  validation metrics; it is None without a validation split.
   """
   if streamed:
     train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
@@ -278,6 +282,8 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
         member_keys(config)[0], config.train.batch_size, start,
         member_sharding(mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
+  if 'val' not in splits:
+    return train_inputs, train_fn, None
   eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip)
   # In memory, the validation chunks go to the devices once, for every
   # evaluation; streamed, they are decoded again each time.
@@ -363,7 +369,13 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
           pending = []
         pacer.dispatched(step, active)
         profile.after(step, pacer)
-        if step % config.train.eval_every == 0 or step == end:
+        if run_eval is None and (step % config.train.eval_every == 0
+                                 or step == end):
+          pacer.drain()  # No validation (data.val_fraction=0): a save alone.
+          checkpoint.save(manager, step, state, meta_now())
+          saved_step = step
+          pacer.paused()
+        elif step % config.train.eval_every == 0 or step == end:
           pacer.drain()  # A diverged member must be known before the save.
           val = run_eval(state)
           finite = progress.check_validation(
@@ -396,11 +408,13 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
              # Of one member.
              'num_params': sum(p[0].size for p in jax.tree.leaves(state.params)),
              'members': [{**m, 'val_accuracy': a,
-                          'val_loss': progress.finite_or_none(l),
+                          'val_loss': None if l is None else
+                                      progress.finite_or_none(l),
                           'frozen': not alive}
                          for m, a, l, alive in zip(
-                             log.members, val.get('member_accuracy', []),
-                             val.get('member_loss', []),
+                             log.members, val.get('member_accuracy',
+                                                  [None] * len(log.members)),
+                             val.get('member_loss', [None] * len(log.members)),
                              np.asarray(jax.device_get(active)))],
              'wall_time_s': time.perf_counter() - run_start}
   log.reporter.finish(summary)

@@ -90,7 +90,7 @@ def test_another_architecture_is_refused_and_nothing_changes(
     ({'model.name': 'vgg'}, "model.name='vgg' is not valid; choose one of: resnet, cnn"),
     ({'model.shortcut': 'bad'}, 'choose one of: conv, zeropad'),
     ({'train.optimizer': 'lion'}, 'choose one of: sgd, adamw'),
-    ({'data.val_fraction': 1.5}, 'data.val_fraction=1.5 must be in (0, 1)'),
+    ({'data.val_fraction': 1.5}, 'data.val_fraction=1.5 must be in [0, 1)'),
     ({'train.batch_size': 0}, 'train.batch_size=0 must be an integer >= 1'),
     ({'train.warmup_steps': 50}, 'train.warmup_steps=50 must be below train.steps=12'),
 ])

@@ -9,20 +9,20 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import REAL_DATA, REPO, require_real_data, run_cli
 from resnet_jax import data, inference, models, train
+from resnet_jax import config as config_lib
 from resnet_jax.errors import CheckpointError
 
 PRETRAINED = os.path.join(REPO, 'pretrained')
 # train keys newer than the shipped runs, at the values a single run has.
 NEW_KEY_DEFAULTS = {'num_seeds': 1, 'sweep_learning_rates': [],
                     'sweep_weight_decays': [], 'shard_members': False,
-                    'member_chunk': 0}
+                    'member_chunk': 0, 'nesterov': True, 'grad_clip_norm': 0.0}
 RUNS = sorted(d for d in os.listdir(PRETRAINED)
               if os.path.isdir(os.path.join(PRETRAINED, d)))
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
@@ -35,7 +35,9 @@ MIN_ACCURACY = {'resnet20_conv_fast': 0.91, 'resnet20_zeropad_fast': 0.905,
 
 def load_config(run):
   with open(os.path.join(PRETRAINED, run, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    # Keys added since (e.g. model.width_factor) at their defaults, as
+    # resnet_jax.load reads a run's config.
+    config = config_lib.with_defaults(json.load(f))
   config.data.source = 'cifar10_binary'
   config.data.dir = REAL_DATA
   return config

@@ -61,8 +61,7 @@ def test_load_example(capsys):
   np.testing.assert_allclose(probabilities.sum(1), 1, rtol=1e-5)
   assert namespace['top3'].shape == (4, 3)
   out = capsys.readouterr().out
-  assert out.startswith("Classifier(resnet, 20 layers, shortcut='conv', "
-                        'step 10500')
+  assert out.startswith('Classifier(ResNet-20 (conv shortcuts), step 10500')
   names = namespace['model'].class_names
   assert out.splitlines()[1] == str([[names[k] for k in row]
                                      for row in namespace['top3']])

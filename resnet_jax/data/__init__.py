@@ -82,7 +82,23 @@ def locate(data_config, name: str) -> tuple[str, str | None]:
     raise DataError(f'unknown split {name!r}; choose one of {", ".join(SPLITS)}')
   if name == 'test' or 'val' in source_module(data_config).splits(data_config):
     return name, None
+  if not has_validation(data_config):  # All of the stored train split trains.
+    if name == 'val':
+      raise DataError('data.val_fraction=0 leaves no validation split (every '
+                      'training image trains); evaluate --split=test')
+    return 'train', None
   return 'train', name
+
+
+def has_validation(data_config) -> bool:
+  """False with data.val_fraction=0: training uses every training image and
+  evaluates nothing during the run."""
+  return data_config.val_fraction > 0
+
+
+def training_splits(data_config) -> tuple[str, ...]:
+  """The splits a training run reads."""
+  return ('train', 'val') if has_validation(data_config) else ('train',)
 
 
 def positions(n: int, part: str | None, data_config) -> np.ndarray:

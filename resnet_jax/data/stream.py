@@ -56,7 +56,8 @@ PREFETCH_BATCHES = 4
 
 def should_stream(config) -> bool:
   """Whether training streams: data.streaming, or (auto) a split too large."""
-  return any(should_stream_split(config, name) for name in ('train', 'val'))
+  return any(should_stream_split(config, name)
+             for name in data.training_splits(config.data))
 
 
 def should_stream_split(config, name: str) -> bool:
