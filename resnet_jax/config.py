@@ -22,6 +22,7 @@ CHOICES = {
     'train.schedule': ('cosine', 'linear', 'step'),
     'train.dtype': ('float32', 'bfloat16', 'float16'),
     'train.on_nonfinite': ('stop', 'skip'),
+    'train.rank_by': ('ema', 'raw'),
 }
 # Keys that describe the architecture: a checkpoint restores only into a
 # config that agrees on all of them.
@@ -77,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.step_factor = 0.1
   c.train.weight_decay = 5e-4  # Not applied to BatchNorm params and biases.
   c.train.label_smoothing = 0.1
+  # An exponential moving average of the weights and BatchNorm statistics,
+  # per member, with the warm-up min(ema_decay, (1 + t) / (10 + t)) at step
+  # t (0: off). Evaluations report both; rank_by says which one ranks the
+  # best checkpoint; evaluate/samples/predict use the average (--weights).
+  c.train.ema_decay = 0.0
+  c.train.rank_by = 'ema'
   c.train.dtype = 'float32'
   # A non-finite loss or gradient is never applied; 'stop' ends the run
   # (exit 2, last good checkpoint kept), 'skip' goes on to the next batch.
@@ -172,7 +179,8 @@ def validate(config) -> None:
   ranges = {'data.val_fraction': (0, 1, False), 'train.learning_rate': (0, None, False),
             'data.max_in_memory_gb': (0, None, False),
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
-            'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
+            'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False),
+            'train.ema_decay': (0, 1, True)}
   for key, (low, high, closed) in ranges.items():
     value = lookup(config, key)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (

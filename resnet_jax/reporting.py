@@ -298,10 +298,11 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
   for name, title in (('loss', 'Loss'), ('accuracy', 'Accuracy')):
     fig = _figure()
     ax = fig.add_subplot()
-    for split, label, style in (('train', 'train' + (smoothed if name == 'loss'
-                                                     else ''), '-'),
-                                ('val', 'validation', 'o-')):
-      color = 'C0' if split == 'train' else 'C1'
+    # val_ema: the averaged weights' validation (train.ema_decay).
+    for split, label, style, color in (
+        ('train', 'train' + (smoothed if name == 'loss' else ''), '-', 'C0'),
+        ('val', 'validation', 'o-', 'C1'),
+        ('val_ema', 'validation, averaged weights', 's-', 'C2')):
       members = member_keys(history, f'{split}_{name}')
       for key in members:  # Each member thinly, their mean boldly.
         steps, values = _series(history, key)
@@ -388,15 +389,17 @@ def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
 # report.md -------------------------------------------------------------------
 
 
-def best_validation(history):
-  """(record) with the highest validation accuracy, latest on ties, or None.
+def best_validation(history, prefix='val'):
+  """(record) with the highest validation accuracy (`prefix`: 'val' of the
+  raw weights, 'val_ema' of the averaged ones), latest on ties, or None.
 
   The tie-break is that of `--checkpoint=best`.
   """
-  evals = [r for r in history if r.get('val_accuracy') is not None]
+  key = f'{prefix}_accuracy'
+  evals = [r for r in history if r.get(key) is not None]
   if not evals:
     return None
-  return max(evals, key=lambda r: (r['val_accuracy'], r['step']))
+  return max(evals, key=lambda r: (r[key], r['step']))
 
 
 def _fmt(value, spec):
@@ -443,10 +446,11 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
     rows.append(('best validation accuracy',
                  f'**{best["val_accuracy"]:.4f} at step {best["step"]:,}** '
                  f'(epoch {best["epoch"]:.2f}, loss {best["val_loss"]:.4f})'))
+  rows.append(('final validation accuracy / loss',
+               f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
+               f'{_fmt(summary.get("val_loss"), ".4f")}'))
+  rows += averaged_rows(t, history)
   rows += [
-      ('final validation accuracy / loss',
-       f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
-       f'{_fmt(summary.get("val_loss"), ".4f")}'),
       ('wall time', f'{_fmt(summary.get("wall_time_s"), ".1f")} s'
        + (' (since the resume)' if resume_step else '')),
       ('images/s', f'{_fmt(statistics.median(rates) if rates else None, ".0f")}'
@@ -463,6 +467,29 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
             '## Plots', '']
   lines += [f'![{name[:-4]}](plots/{name})' for name in PLOTS]
   return '\n'.join(lines) + '\n'
+
+
+def averaged_rows(train_config, history) -> list[tuple[str, str]]:
+  """report.md's rows of the averaged weights (train.ema_decay): their
+  best and final validation, and which weights rank the best checkpoint."""
+  if not train_config.get('ema_decay'):
+    return []
+  rows = [('weight averaging', f'decay {train_config.ema_decay:g} (warm-up '
+           'min(decay, (1 + t) / (10 + t))); the best checkpoint ranked by '
+           f'the {"averaged" if train_config.get("rank_by") == "ema" else "raw"} '
+           'weights')]
+  best = best_validation(history, 'val_ema')
+  if best:
+    rows.append(('best validation accuracy, averaged weights',
+                 f'**{best["val_ema_accuracy"]:.4f} at step '
+                 f'{best["step"]:,}** (epoch {best["epoch"]:.2f}, loss '
+                 f'{best["val_ema_loss"]:.4f})'))
+    last = next(r for r in reversed(history)
+                if r.get('val_ema_accuracy') is not None)
+    rows.append(('final validation accuracy / loss, averaged weights',
+                 f'{last["val_ema_accuracy"]:.4f} / '
+                 f'{_fmt(last["val_ema_loss"], ".4f")}'))
+  return rows
 
 
 def members_table(members) -> list[str]:
