@@ -51,8 +51,14 @@ def members_of(state, weights: str = 'raw') -> Members:
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
-  targets = optax.smooth_labels(
-      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  """Per-example softmax cross-entropy against integer `labels` (batch,) or
+  soft targets (batch, classes) that sum to one (mixup, CutMix); label
+  smoothing applies on top of either."""
+  if labels.ndim == logits.ndim:
+    targets = labels
+  else:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+  targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 
 

@@ -101,18 +101,17 @@ def member_keys(config):
 
 
 def train_step(state, batch, rng, *, normalization, label_smoothing,
-               train_config):
+               train_config, augmentation=augment.Augmentation()):
   """One member's SGD step on a batch of uint8 images: augment, forward,
   backward; then, with train.ema_decay, the weights' average."""
-  images = augment.random_crop_flip(rng, batch['image'])
-  images = augment.normalize(images, *normalization)
+  images, targets = augmentation(rng, batch['image'], batch['label'],
+                                 normalization)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'])
-    loss = inference.cross_entropy(logits, batch['label'],
-                                   label_smoothing).mean()
+    loss = inference.cross_entropy(logits, targets, label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -131,7 +130,9 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   metrics = {
       'finite': finite,
       'loss': loss,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      # Mixed targets: against the dominant label (docs/training.md).
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == (
+          jnp.argmax(targets, -1) if augmentation.mixing else batch['label'])),
       'learning_rate': optim.learning_rate(state.opt_state, train_config,
                                            state.step),
   }
@@ -191,7 +192,8 @@ def make_train_fn(config, mesh, normalization, streamed=False):
   _, augment_keys = member_keys(config)
   step_fn = functools.partial(
       train_step, normalization=normalization,
-      label_smoothing=config.train.label_smoothing, train_config=config.train)
+      label_smoothing=config.train.label_smoothing, train_config=config.train,
+      augmentation=augment.Augmentation.from_config(config))
   skip = config.train.on_nonfinite == 'skip'
 
   def member_step(state, inputs, augment_key, active):
