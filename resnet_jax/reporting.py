@@ -450,6 +450,9 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
                f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
                f'{_fmt(summary.get("val_loss"), ".4f")}'))
   rows += averaged_rows(t, history)
+  augmentation = augmentation_row(config)
+  if augmentation:
+    rows.append(('augmentation', augmentation))
   rows += [
       ('wall time', f'{_fmt(summary.get("wall_time_s"), ".1f")} s'
        + (' (since the resume)' if resume_step else '')),
@@ -460,13 +463,30 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
   ]
   lines = ['# Training report', '', '| | |', '|---|---|']
   lines += [f'| {k} | {v} |' for k, v in rows]
-  lines += members_table(summary.get('members') or [])
+  lines += members_table(summary.get('members') or [], history)
   lines += ['', 'Full config: [config.json](config.json); history: '
             '[metrics.jsonl](metrics.jsonl), [metrics.csv](metrics.csv); '
             'TensorBoard: `tensorboard --logdir=tensorboard`.', '',
             '## Plots', '']
   lines += [f'![{name[:-4]}](plots/{name})' for name in PLOTS]
   return '\n'.join(lines) + '\n'
+
+
+def augmentation_row(config) -> str:
+  """The training augmentation, when it is not the default crop and flip
+  ('' when it is)."""
+  d, t = config.data, config.train
+  parts = [name for name, on in (('crop', d.get('random_crop', True)),
+                                 ('flip', d.get('random_flip', True))) if on]
+  if d.get('cutout_size'):
+    parts.append(f'cutout {d.cutout_size}')
+  if t.get('mixup_alpha'):
+    parts.append(f'mixup alpha {t.mixup_alpha:g}')
+  if t.get('cutmix_alpha'):
+    parts.append(f'CutMix alpha {t.cutmix_alpha:g}')
+  if parts == ['crop', 'flip']:
+    return ''
+  return ', '.join(parts) or 'none'
 
 
 def averaged_rows(train_config, history) -> list[tuple[str, str]]:
@@ -492,17 +512,28 @@ def averaged_rows(train_config, history) -> list[tuple[str, str]]:
   return rows
 
 
-def members_table(members) -> list[str]:
-  """Markdown lines: each member's hyperparameters and final validation."""
+def members_table(members, history=()) -> list[str]:
+  """Markdown lines: each member's hyperparameters and final validation,
+  with its averaged weights' accuracy when the run kept an average."""
   if not members:
     return []
+  last = next((r for r in reversed(history)
+               if r.get('val_ema_accuracy') is not None), None)
+  averaged = None
+  if last:
+    averaged = ([last['val_ema_accuracy']] if len(members) == 1 else
+                [last.get(f'val_ema_accuracy_member{k}')
+                 for k in range(len(members))])
+  extra = ' averaged weights\' accuracy |' if averaged else ''
   lines = ['', '## Members', '',
            '| member | seed | learning rate | weight decay | validation '
-           'accuracy | validation loss | |', '|---|---|---|---|---|---|---|']
+           f'accuracy | validation loss |{extra} |',
+           '|---|---|---|---|---|---|' + ('---|' if averaged else '') + '---|']
   for k, m in enumerate(members):
+    column = f' {_fmt(averaged[k], ".4f")} |' if averaged else ''
     lines.append(f'| {k} | {m["seed"]} | {m["learning_rate"]:g} | '
                  f'{m["weight_decay"]:g} | {_fmt(m.get("val_accuracy"), ".4f")} '
-                 f'| {_fmt(m.get("val_loss"), ".4f")} | '
+                 f'| {_fmt(m.get("val_loss"), ".4f")} |{column} '
                  f'{"diverged, frozen" if m.get("frozen") else ""} |')
   return lines
 

@@ -173,3 +173,13 @@ def test_a_run_with_every_augmentation_trains_and_resumes_exactly(tmp_path):
   assert records(resumed) == records(straight)
   assert all(0 <= r['train_accuracy'] <= 1 for r in records(straight)
              if 'train_accuracy' in r)
+
+
+def test_report_names_the_augmentation_when_it_is_not_the_default():
+  assert reporting.augmentation_row(tiny_config()) == ''
+  assert reporting.augmentation_row(tiny_config(**{
+      'data.cutout_size': 16, 'train.mixup_alpha': 0.2,
+      'train.cutmix_alpha': 1.0})) == (
+          'crop, flip, cutout 16, mixup alpha 0.2, CutMix alpha 1')
+  assert reporting.augmentation_row(tiny_config(**{
+      'data.random_crop': False, 'data.random_flip': False})) == 'none'

@@ -130,6 +130,7 @@ def test_evaluations_report_both_weights_and_the_average_ranks(averaged_run):
   report = open(os.path.join(workdir, 'report.md')).read()
   assert 'best validation accuracy, averaged weights' in report
   assert f'{evals[-1]["val_ema_accuracy"]:.4f} / ' in report
+  assert "averaged weights' accuracy" in report  # The members table's column.
   del config
 
 
