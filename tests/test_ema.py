@@ -11,7 +11,8 @@ import pytest
 
 from conftest import cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error
-from resnet_jax import api, checkpoint, evaluate, inference, models, progress
+from resnet_jax import api, checkpoint, evaluate, inference, models, predict
+from resnet_jax import progress
 from resnet_jax import reporting, train
 from resnet_jax.errors import CheckpointError, ConfigError
 
@@ -142,6 +143,10 @@ def test_inference_uses_the_average_unless_asked_for_the_raw(averaged_run):
   assert averaged['weights'] == 'ema' and raw['weights'] == 'raw'
   assert averaged['loss'] == pytest.approx(last['val_ema_loss'], rel=1e-6)
   assert raw['loss'] == pytest.approx(last['val_loss'], rel=1e-6)
+  for weights, expected in (('auto', 'ema'), ('raw', 'raw')):
+    shown = predict.samples(config, workdir, 'latest', 'val', num_samples=4,
+                            weights=weights)
+    assert shown['weights'] == expected
   model = api.load(workdir, 'latest')
   assert model.weights == 'ema'
   raw_model = api.load(workdir, 'latest', weights='raw')
