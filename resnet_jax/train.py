@@ -47,8 +47,8 @@ class AveragedTrainState(TrainState):
 
 
 def ema_decay(ema_decay_max, step):
-  """The averaging decay at `step` (updates applied before this one): the
-  warm-up min(ema_decay, (1 + step) / (10 + step)) of TensorFlow's
+  """The averaging decay at the train state's `step` (the steps before this
+  one, a skipped non-finite one included): the warm-up min(ema_decay, (1 + step) / (10 + step)) of TensorFlow's
   ExponentialMovingAverage(num_updates), so that early on the average
   follows the weights instead of sitting at their initialization."""
   return jnp.minimum(ema_decay_max, (1.0 + step) / (10.0 + step))
