@@ -42,6 +42,8 @@ class Classifier:
     normalization: the per-channel (mean, std) in [0, 1] units that images
       are normalized with before the model sees them.
     members: each member's seed, learning rate and weight decay.
+    weights: 'ema' if `variables` are the run's averaged weights
+      (train.ema_decay), else 'raw'.
   """
 
   def __init__(self, config: ml_collections.ConfigDict,
@@ -51,6 +53,7 @@ class Classifier:
     self.model = models.from_config(config)
     self.class_names = list(restored.meta['class_names'])
     self.step = restored.step
+    self.weights = restored.weights
     self.normalization = restored.normalization
     self.members = [{k: m[k] for k in ('seed', 'learning_rate', 'weight_decay')}
                     for m in restored.meta['members']]
@@ -118,7 +121,7 @@ def model_input(images, data_config) -> np.ndarray:
 
 
 def load(path: str, checkpoint: str | int = 'best',
-         member: int | None = None) -> Classifier:
+         member: int | None = None, weights: str = 'auto') -> Classifier:
   """A run's checkpoint, ready to predict.
 
   Args:
@@ -128,6 +131,8 @@ def load(path: str, checkpoint: str | int = 'best',
       step number, as --checkpoint on the command line.
     member: None for every member of the run (their ensemble, as
       --mode=evaluate reports it), or the index of one member.
+    weights: 'auto' (the averaged weights when the run kept an average,
+      train.ema_decay, else the raw ones), 'ema' or 'raw', as --weights.
 
   The config is the one the checkpoint was trained with; keys added to
   the code since then take their defaults.
@@ -139,7 +144,7 @@ def load(path: str, checkpoint: str | int = 'best',
   compile_cache.enable()  # See train_and_evaluate.
   step, config = _saved_config(path, checkpoint)
   restored = inference.restore_for_inference(
-      config, path, step, None if member is None else int(member))
+      config, path, step, None if member is None else int(member), weights)
   return Classifier(config, restored)
 
 

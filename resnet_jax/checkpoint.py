@@ -206,7 +206,8 @@ def restore_state(manager, step: int, target):
   if saved != shapes(target):
     raise CheckpointError(
         f'checkpoint {step} in {manager.directory} holds another train state '
-        '(was train.optimizer changed?); rerun with --restart to start over')
+        '(was train.optimizer, or train.ema_decay to or from 0, changed?); '
+        'rerun with --restart to start over')
   try:
     return manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
@@ -217,14 +218,22 @@ def restore_state(manager, step: int, target):
     raise _corrupt(manager, step, e) from None
 
 
-def restore_variables(manager, step: int, sharding):
-  """Restores only params and batch_stats (with their member axis),
-  whatever the optimizer was."""
+def has_average(manager, step: int) -> bool:
+  """Whether checkpoint `step` holds averaged weights (train.ema_decay)."""
+  return 'ema' in _state_metadata(manager, step)
+
+
+def restore_variables(manager, step: int, sharding, weights: str = 'raw'):
+  """Restores only params and batch_stats (with their member axis), the raw
+  ones or with weights='ema' their average, whatever the optimizer was."""
   saved = _state_metadata(manager, step)
   try:
+    variables = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
+    if weights == 'ema':
+      variables = {'ema': {k: saved['ema'][k] for k in variables}}
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        {'params': saved['params'], 'batch_stats': saved['batch_stats']})
+        variables)
     # Partial restore: the optimizer state on disk is left unread.
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
@@ -232,7 +241,7 @@ def restore_variables(manager, step: int, sharding):
             restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
   except Exception as e:
     raise _corrupt(manager, step, e) from None
-  return restored['state']
+  return restored['state']['ema'] if weights == 'ema' else restored['state']
 
 
 def _state_metadata(manager, step: int):

@@ -22,6 +22,7 @@ CHOICES = {
     'train.schedule': ('cosine', 'linear', 'step'),
     'train.dtype': ('float32', 'bfloat16', 'float16'),
     'train.on_nonfinite': ('stop', 'skip'),
+    'train.rank_by': ('ema', 'raw'),
 }
 # The built-in models without a width factor or dropout.
 IGNORE_WRN_KEYS = ('resnet', 'cnn', 'preact_resnet')
@@ -75,6 +76,13 @@ def base_config() -> ml_collections.ConfigDict:
   # when 'auto' and either split decodes to more than max_in_memory_gb; 'off'
   # refuses such a split instead.
   c.data.streaming = 'auto'
+  # Training augmentation on the device (data/augment.py): He et al.'s crop
+  # (4-pixel zero padding) and horizontal flip, each on or off; cutout
+  # (DeVries & Taylor: a square of this side zeroed after normalization at a
+  # random centre, clipped at the borders; 16 on CIFAR-10; 0: off).
+  c.data.random_crop = True
+  c.data.random_flip = True
+  c.data.cutout_size = 0
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -91,6 +99,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.step_factor = 0.1
   c.train.weight_decay = 5e-4  # Not applied to BatchNorm params and biases.
   c.train.label_smoothing = 0.1
+  # Mixing (0: off): mixup (Zhang et al.) and CutMix (Yun et al.) with
+  # Beta(alpha, alpha) proportions; with both on, each batch takes one of
+  # the two at random. Targets become soft (docs/training.md).
+  c.train.mixup_alpha = 0.0
+  c.train.cutmix_alpha = 0.0
+  # An exponential moving average of the weights and BatchNorm statistics,
+  # per member, with the warm-up min(ema_decay, (1 + t) / (10 + t)) at step
+  # t (0: off). Evaluations report both; rank_by says which one ranks the
+  # best checkpoint; evaluate/samples/predict use the average (--weights).
+  c.train.ema_decay = 0.0
+  c.train.rank_by = 'ema'
   c.train.dtype = 'float32'
   # A non-finite loss or gradient is never applied; 'stop' ends the run
   # (exit 2, last good checkpoint kept), 'skip' goes on to the next batch.
@@ -182,7 +201,7 @@ def validate(config) -> None:
               'train.log_every': 1, 'train.eval_batch_size': 1,
               'train.warmup_steps': 0, 'data.decode_threads': 0, 'seed': 0,
               'data.synthetic_seed': 0, 'train.num_seeds': 1,
-              'train.member_chunk': 0}
+              'train.member_chunk': 0, 'data.cutout_size': 0}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -192,7 +211,9 @@ def validate(config) -> None:
             'train.momentum': (0, 1, True), 'train.weight_decay': (0, None, True),
             'model.dropout': (0, 1, True),
             'train.grad_clip_norm': (0, None, True),
-            'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False)}
+            'train.label_smoothing': (0, 1, True), 'train.step_factor': (0, None, False),
+            'train.ema_decay': (0, 1, True), 'train.mixup_alpha': (0, None, True),
+            'train.cutmix_alpha': (0, None, True)}
   for key, (low, high, closed) in ranges.items():
     value = lookup(config, key)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
@@ -215,9 +236,13 @@ def validate(config) -> None:
         and (v > 0 if positive else v >= 0) for v in values):
       raise ConfigError(f'{key}={values!r} must be a tuple of numbers '
                         f'{"> 0" if positive else ">= 0"}, e.g. (0.05,0.1)')
-  for key in ('train.shard_members', 'train.nesterov'):
+  for key in ('train.shard_members', 'train.nesterov', 'data.random_crop',
+              'data.random_flip'):
     if not isinstance(lookup(config, key), bool):
       raise ConfigError(f'{key}={lookup(config, key)!r} must be True or False')
+  if config.data.cutout_size > config.data.image_size:
+    raise ConfigError(f'data.cutout_size={config.data.cutout_size} must not '
+                      f'exceed data.image_size={config.data.image_size}')
   if config.train.member_chunk and config.train.shard_members:
     raise ConfigError('train.member_chunk works without train.shard_members '
                       '(each device already trains whole members)')

@@ -23,8 +23,12 @@ from resnet_jax.errors import DataError
 
 
 def evaluate(config, workdir: str, which: str = 'best',
-             split: str = 'test') -> dict:
-  restored = inference.restore_for_inference(config, workdir, which)
+             split: str = 'test', weights: str = 'auto') -> dict:
+  """The metrics of checkpoint `which` on `split`, with the weights
+  `weights` (inference.WEIGHTS) asks for: 'weights' in the result says
+  which were used, 'ema' (averaged) or 'raw'."""
+  restored = inference.restore_for_inference(config, workdir, which,
+                                             weights=weights)
   step, meta = restored.step, restored.meta
   examples = inference.load_split(config, split)
   names = list(data.class_names(config))
@@ -45,7 +49,7 @@ def evaluate(config, workdir: str, which: str = 'best',
                                 metrics['member_loss'])]
   return {'split': split, 'accuracy': metrics['accuracy'],
           'loss': metrics['loss'], 'num_examples': metrics['num_examples'],
-          'step': step,
+          'step': step, 'weights': restored.weights,
           # Population std (ddof=0): 0 for one member.
           'accuracy_std': float(np.std(metrics['member_accuracy'])),
           'members': members, 'ensemble': metrics['ensemble']}

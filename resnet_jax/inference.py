@@ -36,14 +36,29 @@ class Members:
   batch_stats: Any
 
 
-def members_of(state) -> Members:
-  """The inference view of a train state (its optimizer state left out)."""
+# --weights: 'auto' is the averaged weights when the run has them, else the
+# raw; 'ema' insists on the averaged ones (train.ema_decay), 'raw' the raw.
+WEIGHTS = ('auto', 'ema', 'raw')
+
+
+def members_of(state, weights: str = 'raw') -> Members:
+  """The inference view of a train state (its optimizer state left out):
+  its raw weights, or with 'ema' their average (train.ema_decay)."""
+  if weights == 'ema':
+    return Members(state.apply_fn, state.ema['params'],
+                   state.ema['batch_stats'])
   return Members(state.apply_fn, state.params, state.batch_stats)
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
-  targets = optax.smooth_labels(
-      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  """Per-example softmax cross-entropy against integer `labels` (batch,) or
+  soft targets (batch, classes) that sum to one (mixup, CutMix); label
+  smoothing applies on top of either."""
+  if labels.ndim == logits.ndim:
+    targets = labels
+  else:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+  targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -209,33 +224,51 @@ def load_split(config, name: str):
 
 
 def restore(config, workdir: str, which: str, mesh):
-  """(members, step, meta) of `which` checkpoint; nothing is written.
+  """(members, step, meta) of `which` checkpoint, its raw weights."""
+  return restore_weights(config, workdir, which, mesh, 'raw')[:3]
 
-  Only params and batch statistics are read, so the optimizer settings of
-  the config need not match those of the run that wrote the checkpoint.
+
+def restore_weights(config, workdir: str, which: str, mesh, weights: str):
+  """(members, step, meta, weights used: 'ema' or 'raw') of `which`
+  checkpoint; nothing is written.
+
+  Only params and batch statistics are read (the raw ones or their
+  average, as `weights` of WEIGHTS asks), so the optimizer settings of the
+  config need not match those of the run that wrote the checkpoint.
   """
+  if weights not in WEIGHTS:
+    raise ConfigError(f'--weights={weights!r} is not valid; choose one of '
+                      f'{", ".join(WEIGHTS)}')
   manager = checkpoint.create_manager(workdir, read_only=True)
   try:
     step = checkpoint.select_step(manager, which)
     meta = checkpoint.restore_meta(manager, step, config)
+    averaged = checkpoint.has_average(manager, step)
+    if weights == 'ema' and not averaged:
+      raise ConfigError(
+          f'--weights=ema: checkpoint {step} in {workdir} holds no averaged '
+          'weights (its run had train.ema_decay=0); use --weights=raw')
+    used = 'ema' if averaged and weights != 'raw' else 'raw'
     variables = checkpoint.restore_variables(
-        manager, step, NamedSharding(mesh, P()))
+        manager, step, NamedSharding(mesh, P()), used)
   finally:
     manager.close()
   members = Members(models.from_config(config).apply, variables['params'],
                     variables['batch_stats'])
-  return members, step, meta
+  return members, step, meta, used
 
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
   """A checkpoint ready for inference: its members (every one, whose
   ensemble predicts, or the one asked for), step, JSON record (checkpoint.
-  make_meta) and the mesh the members live on."""
+  make_meta), the mesh the members live on, and which weights they are:
+  'ema' (the average, train.ema_decay) or 'raw'."""
   members: Members
   step: int
   meta: dict
   mesh: Any
+  weights: str = 'raw'
   # make_eval_fn per flip setting, so repeated predictions compile once.
   _eval_fns: dict = dataclasses.field(default_factory=dict, repr=False,
                                       compare=False)
@@ -259,16 +292,19 @@ class Restored:
 
 
 def restore_for_inference(config, workdir: str, which='best',
-                          member=None) -> Restored:
+                          member=None, weights: str = 'auto') -> Restored:
   """Checkpoint `which` of `workdir` on this host's devices, with every
   member or member `member` alone: --mode=evaluate, samples, predict and
-  resnet_jax.load all start here."""
+  resnet_jax.load all start here, and this is where the weights are chosen:
+  by default the averaged ones when the run kept an average
+  (train.ema_decay), else the raw ones; weights='raw' or 'ema' insists."""
   config_lib.validate(config)
   mesh = mesh_lib.create_mesh()
-  members, step, meta = restore(config, workdir, which, mesh)
+  members, step, meta, used = restore_weights(config, workdir, which, mesh,
+                                              weights)
   if member is not None:
     members, meta = select_member(members, meta, member)
-  return Restored(members, step, meta, mesh)
+  return Restored(members, step, meta, mesh, used)
 
 
 def select_member(members: Members, meta, k: int):

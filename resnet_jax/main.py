@@ -16,7 +16,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, compile_cache, evaluate, predict
+from resnet_jax import checkpoint, compile_cache, evaluate, inference, predict
 from resnet_jax import preemption, reporting, train
 from resnet_jax import config as config_lib
 from resnet_jax.errors import UserError, exit_with
@@ -57,6 +57,10 @@ flags.DEFINE_integer('member', None,
                      'samples, predict: use member K of a multi-member run '
                      '(0-based) alone; default: the ensemble of all members '
                      '(their averaged probabilities).')
+flags.DEFINE_enum('weights', 'auto', inference.WEIGHTS,
+                  'evaluate, samples, predict: auto (the averaged weights '
+                  'when the run kept an average, train.ema_decay, else the '
+                  'raw ones), ema or raw.')
 flags.DEFINE_bool('json', False,
                   'samples, predict: print one JSON object instead of a table.')
 flags.mark_flags_as_required(['config'])
@@ -164,15 +168,15 @@ def main(argv):
     elif FLAGS.mode == 'samples':
       predict.samples(FLAGS.config, workdir, FLAGS.checkpoint,
                       FLAGS.split, FLAGS.num_samples, FLAGS.seed, FLAGS.json,
-                      FLAGS.member)
+                      FLAGS.member, FLAGS.weights)
     elif FLAGS.mode == 'predict':
       predict.predict(FLAGS.config, workdir, FLAGS.checkpoint,
-                      FLAGS.images, FLAGS.json, FLAGS.member)
+                      FLAGS.images, FLAGS.json, FLAGS.member, FLAGS.weights)
     elif FLAGS.mode == 'plot_schedule':
       print(reporting.write_schedule_plot(FLAGS.config, workdir))
     else:
       result = evaluate.evaluate(FLAGS.config, workdir, FLAGS.checkpoint,
-                                 FLAGS.split)
+                                 FLAGS.split, FLAGS.weights)
       print(json.dumps(result))
   except checkpoint.SaveError as e:
     # The failed write's leftover TensorStore callbacks print tracebacks from

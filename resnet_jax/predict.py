@@ -34,12 +34,14 @@ def used_members(meta) -> list[dict]:
           for m in meta['members']]
 
 
-def describe_members(meta, member) -> str:
-  """'' for a single-member run, else which member(s) predicted."""
+def describe_members(meta, member, weights='raw') -> str:
+  """Which member(s) predicted ('' for a single-member run) and, when they
+  are the averaged weights, that they are."""
+  averaged = ', averaged weights' if weights == 'ema' else ''
   if member is not None:
-    return f', member {member}'
+    return f', member {member}{averaged}'
   count = len(meta['members'])
-  return f', ensemble of {count} members' if count > 1 else ''
+  return (f', ensemble of {count} members' if count > 1 else '') + averaged
 
 
 def output_dir(workdir: str, split: str, step: int) -> str:
@@ -55,16 +57,18 @@ def _is_writer() -> bool:
 
 def samples(config, workdir: str, which: str = 'best', split: str = 'test',
             num_samples: int = 16, seed=None, as_json: bool = False,
-            member=None) -> dict:
+            member=None, weights: str = 'auto') -> dict:
   """K random images of `split` (seeded), truth and prediction, and a grid.
 
   Predictions are the ensemble's (the members' averaged probabilities), or
-  member `member`'s alone.
+  member `member`'s alone, with the weights `weights` asks for
+  (inference.WEIGHTS: by default the averaged ones when the run has them).
   """
   if num_samples < 1:
     raise ConfigError(f'--num_samples={num_samples} must be >= 1')
   seed = config.seed if seed is None else seed
-  restored = inference.restore_for_inference(config, workdir, which, member)
+  restored = inference.restore_for_inference(config, workdir, which, member,
+                                             weights)
   step, meta = restored.step, restored.meta
   examples = inference.load_split(config, split)
   class_names = meta['class_names']
@@ -87,7 +91,7 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
                       f'samples_seed{seed}_n{count}.png')
   result = {'split': split, 'step': step, 'seed': seed, 'num_samples': count,
             'correct': correct, 'image': path, 'samples': rows,
-            'members': used_members(meta)}
+            'members': used_members(meta), 'weights': restored.weights}
   if not _is_writer():
     return result
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -99,7 +103,8 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   else:
     print(format_samples(rows))
     print(f'{correct}/{count} correct ({correct / count:.1%}) on {split}, '
-          f'checkpoint step {step}{describe_members(meta, member)}, seed '
+          f'checkpoint step {step}'
+          f'{describe_members(meta, member, restored.weights)}, seed '
           f'{seed}; grid: {path}')
   return result
 
@@ -190,12 +195,15 @@ def decode_images(paths, image_size: int, grayscale: bool) -> np.ndarray:
 
 
 def predict(config, workdir: str, which: str = 'best', images: str = '',
-            as_json: bool = False, member=None) -> list[dict]:
+            as_json: bool = False, member=None,
+            weights: str = 'auto') -> list[dict]:
   """Top-5 classes with probabilities for each image file, of the ensemble
-  (the members' averaged probabilities) or of member `member` alone."""
+  (the members' averaged probabilities) or of member `member` alone, with
+  the weights `weights` asks for (inference.WEIGHTS)."""
   paths = image_paths(images)  # Bad paths fail before the model loads.
   decoded = decode_images(paths, config.data.image_size, config.data.grayscale)
-  restored = inference.restore_for_inference(config, workdir, which, member)
+  restored = inference.restore_for_inference(config, workdir, which, member,
+                                             weights)
   step, meta = restored.step, restored.meta
   class_names = meta['class_names']
   split = data.Split(decoded, np.zeros(len(paths), np.int32))
@@ -211,10 +219,11 @@ def predict(config, workdir: str, which: str = 'best', images: str = '',
   if _is_writer():
     if as_json:
       print(json.dumps({'step': step, 'members': used_members(meta),
-                        'predictions': results}))
+                        'weights': restored.weights, 'predictions': results}))
     else:
       print(format_predictions(results))
-      print(f'checkpoint step {step}{describe_members(meta, member)}')
+      print(f'checkpoint step {step}'
+            f'{describe_members(meta, member, restored.weights)}')
   return results
 
 

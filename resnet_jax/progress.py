@@ -148,19 +148,29 @@ class ProgressLog:
             for k, v in enumerate(values)}
 
   def validation(self, step: int, val: dict):
+    """One evaluation's record: the raw weights' val_* and, with averaging
+    (train.ema_decay), the averaged weights' val_ema_*."""
+    record = self._validation_record('val', val)
+    line = f'val_loss {val["loss"]:.4f} val_accuracy {val["accuracy"]:.4f}'
+    if 'ema' in val:
+      record.update(self._validation_record('val_ema', val['ema']))
+      line += (f' (averaged weights: {val["ema"]["loss"]:.4f} '
+               f'{val["ema"]["accuracy"]:.4f})')
+    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
+                         **record})
+    self.reporter.evaluated()
+    if jax.process_index() == 0:
+      self.bar.write(f'step {step}: {line}')
+
+  def _validation_record(self, prefix: str, val: dict) -> dict:
     per_member = {'loss': [finite_or_none(x) for x in val['member_loss']],
                   'accuracy': val['member_accuracy']}
     extra = {}
     if len(self.members) > 1:
-      extra['val_accuracy_std'] = float(np.std(val['member_accuracy']))
-    self.reporter.write({'step': step, 'epoch': step / self.steps_per_epoch,
-                         'val_loss': val['loss'],
-                         'val_accuracy': val['accuracy'], **extra,
-                         **self._by_member('val', per_member)})
-    self.reporter.evaluated()
-    if jax.process_index() == 0:
-      self.bar.write(f'step {step}: val_loss {val["loss"]:.4f} '
-                     f'val_accuracy {val["accuracy"]:.4f}')
+      extra[f'{prefix}_accuracy_std'] = float(np.std(val['member_accuracy']))
+    return {f'{prefix}_loss': val['loss'],
+            f'{prefix}_accuracy': val['accuracy'], **extra,
+            **self._by_member(prefix, per_member)}
 
   def close(self):
     self.bar.close()
@@ -203,7 +213,13 @@ def check_validation(val: dict, step: int, on_nonfinite: str, members):
 
 def ranking_metrics(val: dict, finite):
   """What best checkpoints are chosen by: the mean validation accuracy and
-  loss of the members whose loss is finite (None if no member's is)."""
+  loss of the members whose loss is finite (None if no member's is), of the
+  raw weights or, with val['rank_by'] 'ema' (train.rank_by), the averaged
+  ones (val['ema'], train.ema_decay)."""
+  ranked = 'ema' if val.get('rank_by') == 'ema' else 'raw'
+  if ranked == 'ema':
+    val = val['ema']
+    finite = finite & np.isfinite(val['member_loss'])
   if not finite.any():
     return None
   mean = lambda key: float(np.mean(np.asarray(val[key])[finite]))

@@ -298,10 +298,11 @@ def plot_history(history, plot_dir, label_smoothing=0.0):
   for name, title in (('loss', 'Loss'), ('accuracy', 'Accuracy')):
     fig = _figure()
     ax = fig.add_subplot()
-    for split, label, style in (('train', 'train' + (smoothed if name == 'loss'
-                                                     else ''), '-'),
-                                ('val', 'validation', 'o-')):
-      color = 'C0' if split == 'train' else 'C1'
+    # val_ema: the averaged weights' validation (train.ema_decay).
+    for split, label, style, color in (
+        ('train', 'train' + (smoothed if name == 'loss' else ''), '-', 'C0'),
+        ('val', 'validation', 'o-', 'C1'),
+        ('val_ema', 'validation, averaged weights', 's-', 'C2')):
       members = member_keys(history, f'{split}_{name}')
       for key in members:  # Each member thinly, their mean boldly.
         steps, values = _series(history, key)
@@ -388,15 +389,17 @@ def plot_schedule(config, path, history=(), points=None, steps_per_epoch=None):
 # report.md -------------------------------------------------------------------
 
 
-def best_validation(history):
-  """(record) with the highest validation accuracy, latest on ties, or None.
+def best_validation(history, prefix='val'):
+  """(record) with the highest validation accuracy (`prefix`: 'val' of the
+  raw weights, 'val_ema' of the averaged ones), latest on ties, or None.
 
   The tie-break is that of `--checkpoint=best`.
   """
-  evals = [r for r in history if r.get('val_accuracy') is not None]
+  key = f'{prefix}_accuracy'
+  evals = [r for r in history if r.get(key) is not None]
   if not evals:
     return None
-  return max(evals, key=lambda r: (r['val_accuracy'], r['step']))
+  return max(evals, key=lambda r: (r[key], r['step']))
 
 
 def _fmt(value, spec):
@@ -445,10 +448,14 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
     rows.append(('validation', 'none: data.val_fraction=0 trains on every '
                  'training image; the latest checkpoint is the result '
                  '(--mode=evaluate --split=test)'))
+  rows.append(('final validation accuracy / loss',
+               f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
+               f'{_fmt(summary.get("val_loss"), ".4f")}'))
+  rows += averaged_rows(t, history)
+  augmentation = augmentation_row(config)
+  if augmentation:
+    rows.append(('augmentation', augmentation))
   rows += [
-      ('final validation accuracy / loss',
-       f'{_fmt(summary.get("val_accuracy"), ".4f")} / '
-       f'{_fmt(summary.get("val_loss"), ".4f")}'),
       ('wall time', f'{_fmt(summary.get("wall_time_s"), ".1f")} s'
        + (' (since the resume)' if resume_step else '')),
       ('images/s', f'{_fmt(statistics.median(rates) if rates else None, ".0f")}'
@@ -458,7 +465,7 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
   ]
   lines = ['# Training report', '', '| | |', '|---|---|']
   lines += [f'| {k} | {v} |' for k, v in rows]
-  lines += members_table(summary.get('members') or [])
+  lines += members_table(summary.get('members') or [], history)
   lines += ['', 'Full config: [config.json](config.json); history: '
             '[metrics.jsonl](metrics.jsonl), [metrics.csv](metrics.csv); '
             'TensorBoard: `tensorboard --logdir=tensorboard`.', '',
@@ -467,17 +474,68 @@ def report_markdown(config, summary, history, resume_step=0) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def members_table(members) -> list[str]:
-  """Markdown lines: each member's hyperparameters and final validation."""
+def augmentation_row(config) -> str:
+  """The training augmentation, when it is not the default crop and flip
+  ('' when it is)."""
+  d, t = config.data, config.train
+  parts = [name for name, on in (('crop', d.get('random_crop', True)),
+                                 ('flip', d.get('random_flip', True))) if on]
+  if d.get('cutout_size'):
+    parts.append(f'cutout {d.cutout_size}')
+  if t.get('mixup_alpha'):
+    parts.append(f'mixup alpha {t.mixup_alpha:g}')
+  if t.get('cutmix_alpha'):
+    parts.append(f'CutMix alpha {t.cutmix_alpha:g}')
+  if parts == ['crop', 'flip']:
+    return ''
+  return ', '.join(parts) or 'none'
+
+
+def averaged_rows(train_config, history) -> list[tuple[str, str]]:
+  """report.md's rows of the averaged weights (train.ema_decay): their
+  best and final validation, and which weights rank the best checkpoint."""
+  if not train_config.get('ema_decay'):
+    return []
+  rows = [('weight averaging', f'decay {train_config.ema_decay:g} (warm-up '
+           'min(decay, (1 + t) / (10 + t))); the best checkpoint ranked by '
+           f'the {"averaged" if train_config.get("rank_by") == "ema" else "raw"} '
+           'weights')]
+  best = best_validation(history, 'val_ema')
+  if best:
+    rows.append(('best validation accuracy, averaged weights',
+                 f'**{best["val_ema_accuracy"]:.4f} at step '
+                 f'{best["step"]:,}** (epoch {best["epoch"]:.2f}, loss '
+                 f'{best["val_ema_loss"]:.4f})'))
+    last = next(r for r in reversed(history)
+                if r.get('val_ema_accuracy') is not None)
+    rows.append(('final validation accuracy / loss, averaged weights',
+                 f'{last["val_ema_accuracy"]:.4f} / '
+                 f'{_fmt(last["val_ema_loss"], ".4f")}'))
+  return rows
+
+
+def members_table(members, history=()) -> list[str]:
+  """Markdown lines: each member's hyperparameters and final validation,
+  with its averaged weights' accuracy when the run kept an average."""
   if not members:
     return []
+  last = next((r for r in reversed(history)
+               if r.get('val_ema_accuracy') is not None), None)
+  averaged = None
+  if last:
+    averaged = ([last['val_ema_accuracy']] if len(members) == 1 else
+                [last.get(f'val_ema_accuracy_member{k}')
+                 for k in range(len(members))])
+  extra = ' averaged weights\' accuracy |' if averaged else ''
   lines = ['', '## Members', '',
            '| member | seed | learning rate | weight decay | validation '
-           'accuracy | validation loss | |', '|---|---|---|---|---|---|---|']
+           f'accuracy | validation loss |{extra} |',
+           '|---|---|---|---|---|---|' + ('---|' if averaged else '') + '---|']
   for k, m in enumerate(members):
+    column = f' {_fmt(averaged[k], ".4f")} |' if averaged else ''
     lines.append(f'| {k} | {m["seed"]} | {m["learning_rate"]:g} | '
                  f'{m["weight_decay"]:g} | {_fmt(m.get("val_accuracy"), ".4f")} '
-                 f'| {_fmt(m.get("val_loss"), ".4f")} | '
+                 f'| {_fmt(m.get("val_loss"), ".4f")} |{column} '
                  f'{"diverged, frozen" if m.get("frozen") else ""} |')
   return lines
 

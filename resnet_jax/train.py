@@ -39,6 +39,27 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
+class AveragedTrainState(TrainState):
+  """A TrainState with an exponential moving average of the weights
+  (train.ema_decay > 0): ema = {'params', 'batch_stats'}. Its own class, so
+  a run without averaging keeps today's state and checkpoints exactly."""
+  ema: Any
+
+
+def ema_decay(ema_decay_max, step):
+  """The averaging decay at the train state's `step` (the steps before this
+  one, a skipped non-finite one included): the warm-up min(ema_decay, (1 + step) / (10 + step)) of TensorFlow's
+  ExponentialMovingAverage(num_updates), so that early on the average
+  follows the weights instead of sitting at their initialization."""
+  return jnp.minimum(ema_decay_max, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema, params, batch_stats, decay):
+  """ema <- decay * ema + (1 - decay) * (params, batch_stats)."""
+  return jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, ema,
+                      {'params': params, 'batch_stats': batch_stats})
+
+
 def create_train_state(config, model, mesh) -> TrainState:
   """Each member's parameters and optimizer state, initialized from its seed
   and stacked on a leading member axis, replicated on the mesh."""
@@ -47,10 +68,14 @@ def create_train_state(config, model, mesh) -> TrainState:
 
   def init(seed, learning_rate, weight_decay):
     variables = model.init(jax.random.key(seed), jnp.zeros(shape), train=False)
-    state = TrainState.create(
+    # The average starts at the initialization (its warm-up soon leaves it).
+    averaged = ({'ema': {'params': variables['params'],
+                         'batch_stats': variables['batch_stats']}}
+                if config.train.ema_decay else {})
+    state = (AveragedTrainState if averaged else TrainState).create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'],
-        tx=optim.create_optimizer(config.train))
+        tx=optim.create_optimizer(config.train), **averaged)
     return state.replace(opt_state=optim.with_hyperparams(
         state.opt_state, learning_rate, weight_decay))
 
@@ -76,25 +101,28 @@ def member_keys(config):
 
 
 def train_step(state, batch, rng, *, normalization, label_smoothing,
-               train_config):
+               train_config, augmentation=augment.Augmentation()):
   """One member's SGD step on a batch of uint8 images: augment, forward,
-  backward."""
-  images = augment.random_crop_flip(rng, batch['image'])
-  images = augment.normalize(images, *normalization)
+  backward; then, with train.ema_decay, the weights' average."""
+  images, targets = augmentation(rng, batch['image'], batch['label'],
+                                 normalization)
   # Its own stream, so the augmentation's draws do not change with dropout.
-  dropout_rng = jax.random.fold_in(rng, 1)
+  dropout_rng = jax.random.fold_in(rng, augment.DROPOUT_KEY)
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    loss = inference.cross_entropy(logits, batch['label'],
-                                   label_smoothing).mean()
+    loss = inference.cross_entropy(logits, targets, label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, batch_stats)), grads = grad_fn(state.params)
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if isinstance(state, AveragedTrainState):
+    updated = updated.replace(ema=update_ema(
+        state.ema, updated.params, updated.batch_stats,
+        ema_decay(train_config.ema_decay, state.step)))
   # Overflow can show in the loss, the gradients, or only after the update.
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       (loss, grads, updated.params, updated.batch_stats))]))
@@ -104,7 +132,9 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   metrics = {
       'finite': finite,
       'loss': loss,
-      'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      # Mixed targets: against the dominant label (docs/training.md).
+      'accuracy': jnp.mean(jnp.argmax(logits, -1) == (
+          jnp.argmax(targets, -1) if augmentation.mixing else batch['label'])),
       'learning_rate': optim.learning_rate(state.opt_state, train_config,
                                            state.step),
   }
@@ -164,7 +194,8 @@ def make_train_fn(config, mesh, normalization, streamed=False):
   _, augment_keys = member_keys(config)
   step_fn = functools.partial(
       train_step, normalization=normalization,
-      label_smoothing=config.train.label_smoothing, train_config=config.train)
+      label_smoothing=config.train.label_smoothing, train_config=config.train,
+      augmentation=augment.Augmentation.from_config(config))
   skip = config.train.on_nonfinite == 'skip'
 
   def member_step(state, inputs, augment_key, active):
@@ -271,7 +302,9 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   The loop calls train_fn(state, next(train_inputs)) each step: the whole
   dataset on the devices and the epoch's orders (train_fn samples the
   batch), or the step's streamed batch. run_eval(state) gives the
-  validation metrics; it is None without a validation split.
+  validation metrics (None without a validation split): those of the raw
+  weights, and with train.ema_decay those of the averaged ones under 'ema'
+  and train.rank_by under 'rank_by'.
   """
   if streamed:
     train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
@@ -290,10 +323,16 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   val_chunks = inference.chunks(splits['val'], config.train.eval_batch_size,
                                 mesh)
 
+  def evaluate(members):
+    return inference.metrics(inference.run(
+        eval_fn, members, val_chunks, keep_probabilities=False)[0])
+
   def run_eval(state):
-    sums = inference.run(eval_fn, inference.members_of(state), val_chunks,
-                         keep_probabilities=False)[0]
-    return inference.metrics(sums)
+    val = evaluate(inference.members_of(state, 'raw'))
+    if config.train.ema_decay:  # The averaged weights too; which one ranks.
+      val['ema'] = evaluate(inference.members_of(state, 'ema'))
+      val['rank_by'] = config.train.rank_by
+    return val
 
   return train_inputs, train_fn, run_eval
 

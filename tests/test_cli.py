@@ -28,7 +28,8 @@ def test_evaluate_prints_json_result_last(trained_workdir):
   assert report['split'] == 'val' and report['step'] == 12
   assert report['num_examples'] == 32 and 0 <= report['accuracy'] <= 1
   assert set(report) == {'split', 'accuracy', 'loss', 'num_examples', 'step',
-                         'accuracy_std', 'members', 'ensemble'}
+                         'accuracy_std', 'members', 'ensemble', 'weights'}
+  assert report['weights'] == 'raw'  # The run kept no average.
   # One member: it is the mean and the ensemble.
   assert report['accuracy_std'] == 0 and len(report['members']) == 1
   member = report['members'][0]

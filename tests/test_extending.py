@@ -110,8 +110,8 @@ def test_the_augmentation_example_is_pure_and_trains(tmp_path, monkeypatch):
   assert all(len(p) == 1 and abs(p[0]) <= 32 for p in per_image)
   assert len({int(p[0]) for p in per_image}) > 1  # Each image its own.
   crop_flip = augment.random_crop_flip
-  monkeypatch.setattr(augment, 'random_crop_flip', lambda rng, x: (
-      random_brightness(rng, crop_flip(rng, x))))
+  monkeypatch.setattr(augment, 'random_crop_flip', lambda rng, x, **kw: (
+      random_brightness(rng, crop_flip(rng, x, **kw))))
   summary = train.train_and_evaluate(tiny_config(**{'train.steps': 3}),
                                      str(tmp_path))
   assert np.isfinite(summary['val_loss'])
