@@ -39,7 +39,11 @@ INVALID_VALUES = {
     'train.eval_flip': None, 'train.num_seeds': 0,
     'train.sweep_learning_rates': '(0.1,-1)',
     'train.sweep_weight_decays': '(-1,)', 'train.shard_members': None,
-    'train.member_chunk': -1,
+    'train.member_chunk': -1, 'train.profile_steps': '(5,3)',
+    'data.random_crop': None, 'data.random_flip': None,
+    'data.cutout_size': -1, 'train.mixup_alpha': -0.2,
+    'train.cutmix_alpha': -1.0, 'train.ema_decay': 1.5,
+    'train.rank_by': 'best',
 }
 # data.dir and data.name only matter to the sources that read them.
 SOURCE_FOR = {'data.dir': 'cifar10_binary', 'data.name': 'tfds'}
