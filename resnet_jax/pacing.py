@@ -4,9 +4,10 @@ JAX dispatches a jitted step and returns at once; left alone, the host queues
 steps until XLA's own limit (dozens on the CPU client), and whatever must wait
 for the devices (a save on a stop signal, a log record) waits for the whole
 queue. Pacer keeps at most `depth` steps queued: after dispatching step t it
-waits for step t - depth to finish. On a GPU the host is slower than a small
-step, so that step has long finished and the wait costs nothing; on a CPU the
-host waits where it would have waited anyway.
+waits for step t - depth to finish. On a GPU (depth 2) the host is slower
+than a small step, so that step has long finished and the wait costs
+nothing. On a CPU (depth 1) a step takes far longer than its dispatch, so one
+queued step keeps the cores busy, and a stop waits for one step less.
 
 Each step's time is taken when its end is seen: from the end of the step
 before (or the end of a pause: an evaluation, a save) to its own. A step's
@@ -18,16 +19,22 @@ import time
 
 import jax
 
-DEPTH = 2  # Steps the devices may have queued: enough to hide a dispatch.
+# Steps the devices may have queued: enough to hide a dispatch.
+DEPTH, CPU_DEPTH = 2, 1
 now = time.perf_counter  # The steps' clock (a test may replace it).
+
+
+def default_depth() -> int:
+  return CPU_DEPTH if jax.default_backend() == 'cpu' else DEPTH
 
 
 class Pacer:
   """Waits on step t - depth after step t is dispatched; reports each step's
   end to `on_done(step, seconds)` (seconds None for an untimed step)."""
 
-  def __init__(self, on_done, depth: int = DEPTH, clock=None):
-    self._on_done, self._depth, self._clock = on_done, depth, clock or now
+  def __init__(self, on_done, depth: int | None = None, clock=None):
+    self._on_done, self._clock = on_done, clock or now
+    self._depth = default_depth() if depth is None else depth
     self._queued = collections.deque()  # (step, an output of that step)
     self._last_end = None  # When the previous timed stretch's last step ended.
     self.last_done = None  # The last step seen to end.

@@ -1,8 +1,9 @@
 """Stopping a run cleanly: SIGTERM (preemption, a job's time limit) or SIGINT
 (Ctrl-C) becomes a flag the training loop polls after every step, so it saves
 a checkpoint of the current step and ends with Interrupted instead of dying
-mid-step. With the host at most pacing.DEPTH steps ahead of the devices, the
-save comes at most DEPTH + 1 steps after the signal.
+mid-step. With the host at most the pacer's depth of steps ahead of the
+devices (pacing.py: 1 on a CPU, 2 on a GPU), the save comes at most depth + 1
+steps after the signal.
 
 Several processes must stop at the same step. SIGTERM goes to JAX's
 preemption service (on by default with jax.distributed): the processes agree

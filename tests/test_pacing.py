@@ -1,5 +1,6 @@
-"""The host stays at most pacing.DEPTH steps ahead of the devices, a stop
-signal is honoured within DEPTH + 1 steps, and each logged interval's
+"""The host stays at most the pacer's depth of steps ahead of the devices
+(pacing.default_depth(): 1 on the CPU, 2 on accelerators), a stop signal is
+honoured within depth + 1 steps, and each logged interval's
 images/s is the rate of its own steps wherever evaluations and saves fall."""
 import functools
 import json
@@ -25,16 +26,18 @@ def slow(x, seconds):
   return jax.pure_callback(wait, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
 
 
-def test_pacer_keeps_at_most_depth_steps_queued_and_reports_them_in_order():
+@pytest.mark.parametrize('depth', [1, 2])
+def test_pacer_keeps_at_most_depth_steps_queued_and_reports_them_in_order(
+    depth):
   done = []
-  pacer = pacing.Pacer(lambda step, seconds: done.append(step))
+  pacer = pacing.Pacer(lambda step, seconds: done.append(step), depth=depth)
   outputs, x = [], jnp.zeros(())
   for step in range(1, 9):
     x = slow(x + 1, 0.02)
     outputs.append(x)
     pacer.dispatched(step, x)
-    assert done == list(range(1, step - pacing.DEPTH + 1))
-    assert all(o.is_ready() for o in outputs[:step - pacing.DEPTH])
+    assert done == list(range(1, step - depth + 1))
+    assert all(o.is_ready() for o in outputs[:step - depth])
   pacer.drain()
   assert done == list(range(1, 9)) and pacer.last_done == 8
 
@@ -101,8 +104,8 @@ def test_sigterm_stops_within_depth_plus_one_steps_of_a_slow_device(
     tmp_path, monkeypatch):
   """Each step takes 50 ms of the devices' time and the host dispatches in
   far less: without pacing the host would queue every step before the
-  first log fetch. SIGTERM at step 12 saves step 12, with at most DEPTH
-  steps still queued when the signal came."""
+  first log fetch. SIGTERM at step 12 saves step 12, with at most the
+  pacer's depth of steps still queued when the signal came."""
   make_train_fn = train.make_train_fn
   queued_at_dispatch = []
 
@@ -126,8 +129,8 @@ def test_sigterm_stops_within_depth_plus_one_steps_of_a_slow_device(
   with pytest.raises(preemption.Interrupted) as stopped:
     train.train_and_evaluate(config, str(tmp_path / 'w'))
   assert stopped.value.step == 12
-  assert stopped.value.steps_after <= pacing.DEPTH + 1
-  assert max(queued_at_dispatch) <= pacing.DEPTH
+  assert stopped.value.steps_after <= pacing.default_depth() + 1
+  assert max(queued_at_dispatch) <= pacing.default_depth()
   manager = checkpoint.create_manager(str(tmp_path / 'w'))
   assert manager.latest_step() == 12
   manager.close()

@@ -80,7 +80,7 @@ def test_sigterm_saves_the_current_step_and_resume_continues_there(tmp_path):
   stopped_at, after = map(int, re.match(
       r'stopped by SIGTERM at step (\d+) \((\d+) after the signal\);',
       message).groups())
-  assert after <= pacing.DEPTH + 1  # Steps the devices ran after it.
+  assert after <= pacing.default_depth() + 1  # Steps the devices ran after it.
   assert restore_params(workdir)[0] == stopped_at >= 5
   result = run_cli(cli_args(config, workdir, f'--stop_at_step={stopped_at + 2}'))
   assert result.returncode == 0, result.stderr[-2000:]

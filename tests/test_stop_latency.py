@@ -22,6 +22,6 @@ def test_stop_latency_reports_a_stop_within_the_step_bound(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr[-2000:]
   [row] = json.loads(out.read_text())
   assert row['returncode'] == 143 and row['stopped_at_step'] >= 1
-  assert 0 <= row['steps_after_signal'] <= pacing.DEPTH + 1
+  assert 0 <= row['steps_after_signal'] <= pacing.default_depth() + 1
   assert 0 < row['exit_s'] < 60
   assert '1 of 1 stopped by the signal' in result.stdout
