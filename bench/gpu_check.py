@@ -52,10 +52,10 @@ import sys
 import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
-sys.path.insert(0, ROOT)
-from resnet_jax import reporting, workdir  # pylint: disable=wrong-import-position
+import common
+from common import BENCH, ROOT, last_json
+from resnet_jax import reporting
+
 TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_training_learns_and_writes_its_workdir',
          'tests/test_train.py::test_resume_matches_an_uninterrupted_run',
@@ -135,10 +135,6 @@ def run(command, deadline, env=None):
             *result.stdout.strip().splitlines()[-1:]]
     raise RuntimeError(f'exit {result.returncode}: {" / ".join(tail)}')
   return result.stdout
-
-
-def last_json(text):
-  return json.loads(text.strip().splitlines()[-1])
 
 
 def smoke(args, s, scratch, deadline):
@@ -283,46 +279,6 @@ STAGES = {'smoke': (smoke, 95), 'tests': (tests, 40),
           'accuracy': (accuracy, 60), 'accuracy_gpu': (accuracy_gpu, 35)}
 
 
-# Versions and the device, printed by a child process: initialized here, the
-# GPU would stay held by this parent through every stage (JAX preallocates
-# 75% of its memory), leaving the stages' processes a quarter.
-ENVIRONMENT = """
-import datetime, json, platform
-import flax, jax, jaxlib
-print(json.dumps({
-    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds'), 'python': platform.python_version(),
-    'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-    'flax': flax.__version__, 'backend': jax.default_backend(),
-    'device': jax.devices()[0].device_kind,
-    'device_count': jax.device_count()}))
-"""
-
-
-def environment() -> dict:
-  env = last_json(subprocess.run([sys.executable, '-c', ENVIRONMENT],
-                                 cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout)
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    env['torch'] = torch.__version__
-  except ImportError:
-    env['torch'] = None
-  try:
-    env['driver'] = subprocess.run(
-        ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
-        capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    env['driver'] = None
-  return env
-
-
-def write_report(report, path):
-  """The report so far, replaced whole (workdir.write_text): never torn."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  workdir.write_text(path, json.dumps(report, indent=1))
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--data', help='a cifar-10-batches-bin folder')
@@ -337,7 +293,7 @@ def main():
   p.add_argument('--dry-run', action='store_true',
                  help='print the plan and exit')
   args = p.parse_args()
-  stages = args.stages.split(',')
+  stages = common.names(args.stages)
   if unknown := set(stages) - set(STAGES):
     p.error(f'unknown stages: {",".join(sorted(unknown))}')
   if not args.tiny and not (args.data and os.path.isdir(args.data)):
@@ -348,7 +304,8 @@ def main():
     print(f'writes {args.out}')
     return
   report = {'command': shlex.join([sys.executable, *sys.argv]),
-            'environment': environment(), 'stages': {}}
+            # Read in a child: this process holds no GPU memory.
+            'environment': common.environment_in_child(), 'stages': {}}
   with tempfile.TemporaryDirectory(prefix='gpu_check-') as scratch:
     for name in stages:
       fn, limit = STAGES[name]
@@ -368,7 +325,7 @@ def main():
       report['stages'][name] = entry
       print(f'{name}: {"ok" if entry["ok"] else entry["error"]} '
             f'({entry["seconds"]} s)', flush=True)
-      write_report(report, args.out)  # Each stage kept as it ends.
+      common.write_json(args.out, report)  # Each stage kept as it ends.
   print(f'wrote {args.out}')
   sys.exit(0 if all(e['ok'] for e in report['stages'].values()) else 1)
 

@@ -27,22 +27,18 @@ with 512):
 import argparse
 import cProfile
 import io
-import os
 import pstats
-import sys
 import tempfile
 import time
 
-import flax
+import common
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_speed import cpu_model  # pylint: disable=wrong-import-position
-from gpu_throughput import VAL_EXAMPLES, train_on_synthetic  # pylint: disable=wrong-import-position
-from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
-from resnet_jax import models, train  # pylint: disable=wrong-import-position
+from gpu_throughput import VAL_EXAMPLES, train_on_synthetic
+from resnet_jax import config as config_lib
+from resnet_jax import models, train
+
 
 class Negligible(nn.Module):
   """Mean pool, BatchNorm (the train state expects batch_stats), dense."""
@@ -90,22 +86,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='negligible',
                       choices=('resnet20', 'negligible'))
-  parser.add_argument('--examples', default='512',
+  parser.add_argument('--examples', type=common.ints, default='512',
                       help='comma-separated training-set sizes')
   parser.add_argument('--image-size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=2000)
-  parser.add_argument('--log_every', default='1,10,100')
+  parser.add_argument('--log_every', type=common.ints, default='1,10,100')
   parser.add_argument('--repeats', type=int, default=2,
                       help='runs of each length; the fastest counts')
   parser.add_argument('--profile', action='store_true')
   args = parser.parse_args()
-  print(f'{cpu_model()}, {jax.device_count()} x {jax.devices()[0].platform}, '
-        f'jax {jax.__version__}, flax {flax.__version__}; model '
-        f'{args.model}, {args.image_size}x{args.image_size} images, batch 8',
-        flush=True)
-  for log_every in map(int, args.log_every.split(',')):
+  print(f'{common.header(common.environment())}\n# model {args.model}, '
+        f'{args.image_size}x{args.image_size} images, batch 8', flush=True)
+  for log_every in args.log_every:
     first = None
-    for examples in map(int, args.examples.split(',')):
+    for examples in args.examples:
       config = lambda steps, n=examples: bench_config(
           args.model, n, args.image_size, steps, log_every)
       run(config(min(args.steps, 50)))  # Warm: compile caches, imports.
