@@ -150,6 +150,22 @@ class Rows(list):
       write_json(self.path, {**self.fields, 'rows': list(self)})
 
 
+def start_table(args, *columns) -> Rows:
+  """Prints the environment header and a table's head; the Rows to fill
+  (written to args.json, if given, with the command and the environment)."""
+  env = environment()
+  print(header(env))
+  print(table(*columns))
+  print(table('---', len(columns)))
+  return Rows(getattr(args, 'json', None), command=' '.join(sys.argv),
+              environment=env)
+
+
+def add_json(parser):
+  parser.add_argument('--json', metavar='FILE',
+                      help='also write the rows here, rewritten after each row')
+
+
 def table(*cells) -> str:
   """A markdown table row; table('---', n) the rule under n columns."""
   if len(cells) == 2 and cells[0] == '---':

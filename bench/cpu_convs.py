@@ -17,7 +17,6 @@ Times are the minimum over --repeats calls (ms); GFLOP/s counts one pass.
 """
 import argparse
 import functools
-import sys
 
 import common
 from cpu_speed import load_torch
@@ -88,16 +87,13 @@ def main():
   p.add_argument('--batch-size', type=int, default=128)
   p.add_argument('--repeats', type=int, default=15)
   p.add_argument('--no-torch', action='store_true')
-  p.add_argument('--json', metavar='FILE', help='also write the rows here')
+  common.add_json(p)
   args = p.parse_args()
-  env = common.environment()
-  torch = load_torch(not args.no_torch, env['cores'])
-  print(common.table('conv (HxW, in->out, stride)', 'GFLOP', 'route',
-                     'JAX fwd', 'JAX dx', 'JAX dw (XLA / cpu_conv)',
-                     'JAX fwd+dx+dw', 'PyTorch fwd', 'PyTorch fwd+bwd',
-                     'JAX / PyTorch'))
-  print(common.table('---', 10))
-  rows = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
+  rows = common.start_table(
+      args, 'conv (HxW, in->out, stride)', 'GFLOP', 'route', 'JAX fwd',
+      'JAX dx', 'JAX dw (XLA / cpu_conv)', 'JAX fwd+dx+dw', 'PyTorch fwd',
+      'PyTorch fwd+bwd', 'JAX / PyTorch')
+  torch = load_torch(not args.no_torch, rows.fields['environment']['cores'])
   sums = dict.fromkeys([*ROUTES, 'torch'], 0.0)
   nan = float('nan')
   for (hw, c, out, stride), count in SHAPES.items():
@@ -123,7 +119,7 @@ def main():
   print('\nResNet-20, all its 3x3 convolutions once forward and backward (ms '
         'per batch): ' + ', '.join(f'{k} {v:.1f}' for k, v in sums.items()))
   print(f'batch {args.batch_size}, float32, ms = minimum of {args.repeats} '
-        f'calls.\n{common.header(env)}')
+        'calls.')
 
 
 if __name__ == '__main__':

@@ -52,7 +52,7 @@ def parse_args():
   p.add_argument('--tune-malloc', action='store_true',
                  help='re-run this script with ' + ' '.join(
                      f'{k}={v}' for k, v in MALLOC_ENV.items()))
-  p.add_argument('--json', metavar='FILE', help='also write the rows here')
+  common.add_json(p)
   args = p.parse_args()
   if unknown := set(args.models) - set(MODELS):
     p.error(f'unknown models {",".join(unknown)}; choose from '

@@ -2,17 +2,12 @@
 
 Trains ResNet-20 with zero-pad (A) and 1x1-conv (B) shortcuts and the plain
 CNN-20 (configs/resnet_zeropad.py, resnet_conv.py, cnn.py: 64,000 steps of
-128, ~182 epochs) as three processes sharing one accelerator (one ResNet-20
-at batch 128 leaves a GPU mostly idle; --sequential runs them one after
-another), then evaluates each final checkpoint on the validation split,
-single view and with flip TTA. --recipe=gpu trains the same epochs at batch
-512 as configs/resnet_conv_gpu.py scales it (16,000 steps, learning rate
-0.4, warmup and evaluations in the same epochs, bfloat16).
-
-Training stops at --limit seconds (SIGTERM: the run saves its step and can
-be resumed by the same command), so the whole command fits one call of a
-lent GPU machine; the JSON at --out is rewritten as each run and each
-evaluation ends, with every command, the device and the versions.
+128) as three processes sharing one accelerator (--sequential: one after
+another), then evaluates each last checkpoint on the validation split,
+single view and with flip TTA. --recipe=gpu: the same epochs at batch 512
+(16,000 steps, learning rate 0.4, bfloat16). Training stops at --limit
+seconds (SIGTERM: each run saves, and the same command resumes it); the JSON
+at --out is rewritten as each run and evaluation ends.
 
   python bench/full_length.py --data=DIR --workdir=DIR --out=FILE
   python bench/full_length.py --tiny --workdir=/tmp/fl --out=/tmp/fl.json

@@ -3,45 +3,26 @@ measures it, writing every figure, with the command that gave it, to one JSON.
 
   python bench/gpu_check.py --data=DIR     # on a GPU box: under 6 minutes
   python bench/gpu_check.py --tiny         # rehearsal anywhere (synthetic
-                                           # data, tiny model): seconds
-  python bench/gpu_check.py --dry-run ...  # print the commands, run nothing
+                                           # data, tiny model)
+  python bench/gpu_check.py --dry-run ...  # print the plan, run nothing
 
-DIR is a cifar-10-batches-bin folder (bench/README.md: staging it on a lent
-GPU machine). Each stage is a child process with its own time limit, so one
-that fails or hangs is recorded and the others still run; the JSON is
-rewritten as each stage ends, so a check stopped midway keeps what it
-measured:
-  smoke         train float32 (evaluating on the way), SIGKILL after the
-                first checkpoint, resume to the end; an uninterrupted twin
-                must give the same validation figures, and --mode=evaluate
-                on its checkpoint its last ones (bfloat16 trains in
-                accuracy_gpu)
-  tests         a handful of the suite's tests on the GPU backend
-  throughput    bench/gpu_throughput.py: JAX step vs the PyTorch twin,
-                ResNet-20 at batch 128 and 512, float32 and bfloat16 (rows
-                kept if the stage runs out of time)
-  members       bench/members.py: total images/s of 1 and 8 members
-                trained in one step (train.num_seeds), the 8 all vmapped
-                (grouped convolutions), one per jitted call
-                (train.member_chunk=1) and all vmapped as batched matrix
-                products (model.conv_impl=matmul)
-  accuracy      bench/time_to_accuracy.py: process start to 91.25%
-                validation accuracy with configs/resnet_conv_fast.py (batch
-                128)
-  accuracy_gpu  the same with configs/resnet_conv_gpu.py (batch 512,
-                bfloat16)
+DIR is a cifar-10-batches-bin folder. The stages (STAGES; docs/
+gpus_and_clusters.md has their table): smoke (train float32, --mode=evaluate
+on its checkpoint, SIGKILL after the first checkpoint and resume, which must
+equal an uninterrupted twin), tests (a handful of the suite's), throughput
+(gpu_throughput.py), members (members.py), accuracy and accuracy_gpu
+(time_to_accuracy.py with the batch-128 and batch-512 recipes). Each is a
+child process with its own time limit, so one that fails or hangs is
+recorded and the others still run; the JSON is rewritten as each stage
+ends. A stage fails, and so does the check (exit 1), if its child or one of
+its checks does: a green check holds. smoke and tests ask XLA for
+deterministic GPU kernels (DETERMINISTIC): otherwise atomic accumulations
+make a resumed run differ from its twin in the last bits.
 
-A stage fails, and so does the check (exit 1), if its child fails or one of
-its checks does (a failing test, a resume that differs): a green check
-holds. The smoke and tests stages ask XLA for deterministic GPU operations
-(DETERMINISTIC): without them a resumed run may differ from its twin in the
-last bits (atomic accumulations in some kernels), which the comparisons
-would count as a failed resume.
-
-The limits come from an H200's figures (issue 30): a resnet_jax.main process
-took ~30 s to its first step before the compilation cache, the default grid
-of 8 throughput rows 210 s, the batch-128 30-epoch run 96.5 s. The stages
-after the first find most programs in the compilation cache.
+The limits come from an H200's figures: a resnet_jax.main process took ~30 s
+to its first step before the compilation cache, the default grid of 8
+throughput rows 210 s, the batch-128 30-epoch run 96.5 s. Later stages find
+most programs in the compilation cache.
 """
 import argparse
 import json

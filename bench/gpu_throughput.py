@@ -14,7 +14,6 @@ training loop. PyTorch is optional (pip install torch): JAX only without it.
   python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 --steps 3
 """
 import argparse
-import sys
 
 import common
 
@@ -53,6 +52,13 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
   compile_s, [seconds], _ = common.time_loop(
       lambda state: step(state, next(inputs))[0], state, steps, warmup)
   return num_seeds * batch / seconds, compile_s
+
+
+def add_feed_args(parser):
+  parser.add_argument('--examples', type=int, default=EXAMPLES,
+                      help='training-set size the JAX step samples from '
+                      '(1024: the old 8 batches of 128)')
+  common.add_json(parser)
 
 
 def torch_resnet(num_layers, num_classes=10, shortcut='conv'):
@@ -153,21 +159,13 @@ def main():
   common.add_steps(p, steps=100, warmup=10)
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--compile', action='store_true', help='also torch.compile')
-  p.add_argument('--examples', type=int, default=EXAMPLES,
-                 help='training-set size the JAX step samples from (1024: '
-                 'the old 8 batches of 128)')
-  p.add_argument('--json', metavar='FILE',
-                 help='also write the rows here, rewritten after each row')
+  add_feed_args(p)
   args = p.parse_args()
-  env = common.environment()
-  print(common.header(env))
-  if not env['torch']:
+  if not common.version('torch'):
     print('# PyTorch is not installed: JAX only')
     args.no_torch = True
-  print(common.table('model', 'batch', 'dtype', 'JAX img/s', 'JAX compile s',
-                     'PyTorch img/s', 'JAX / PyTorch'))
-  print(common.table('---', 7))
-  rows = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
+  rows = common.start_table(args, 'model', 'batch', 'dtype', 'JAX img/s',
+                            'JAX compile s', 'PyTorch img/s', 'JAX / PyTorch')
   for name in args.models:
     for batch in args.batch_sizes:
       for dtype in args.dtypes:

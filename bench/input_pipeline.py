@@ -2,30 +2,16 @@
 
     python bench/input_pipeline.py [--folder_images=2000] [--train_steps=24]
 
-A split that fits data.max_in_memory_gb is decoded once, on the host, into
-a uint8 array that goes to device memory; each training step then samples,
-crops, flips and normalizes its batch on the device inside the jitted step.
-A larger split is streamed (data.streaming, resnet_jax/data/stream.py): the
-host decodes every batch, every epoch. So the rows are:
-- host load: images/s of `source.load` (read + decode + resize), paid once
-  per run; `epoch x` says how many training epochs' worth of time it costs
-  (load time / time of one epoch at the measured training rate).
-- streaming: images/s of stream.TrainBatches (grain, data.decode_threads
-  threads; batches in training order, put on the device), paid every epoch;
-  `epoch x` = training rate / streaming rate, which must stay below 1 for
-  the pipeline not to be the bottleneck. The `processes` rows run the same
-  reads in grain's worker processes (mp_prefetch) instead of threads, to
-  show why threads were chosen.
-- on-device batch: jit of train.sample_batch (the epoch's order drawn
-  once) + augment.random_crop_flip + augment.normalize alone, per step.
-- ResNet-20 train: the jitted train step (the above plus forward, backward
-  and update) on synthetic data, after compilation.
-The pipeline keeps up when the on-device batch rate is far above the training
-rate and the host load costs a small fraction of an epoch.
-
-Nothing is downloaded: cifar10_binary is read from --cifar_dir when it
-exists, the folder datasets are generated in a temporary directory, and tfds
-(when tensorflow-datasets is installed) is prepared there from PNG bytes.
+Rows: host loads (images/s of read + decode + resize, paid once per run;
+`epoch x` = load time over one training epoch at the measured rate);
+streaming (stream.TrainBatches, grain with data.decode_threads threads,
+paid every epoch: `epoch x` below 1 keeps the model fed; the `processes`
+row runs the same reads in grain worker processes, to show why threads
+were chosen); the on-device batch (train.sample_batch, crop, flip,
+normalize, jitted alone); the ResNet-20 train step in memory and fed by the
+streamed 256x256 JPEG folder. Nothing is downloaded: cifar10_binary is read
+from --cifar_dir when it exists, the folders are generated in a temporary
+directory, and tfds is prepared there from PNG bytes.
 """
 import argparse
 import functools
@@ -161,7 +147,7 @@ def main():
   parser.add_argument('--train_steps', type=int, default=24)
   parser.add_argument('--pipeline_steps', type=int, default=50)
   parser.add_argument('--stream_steps', type=int, default=20)
-  parser.add_argument('--json', metavar='FILE', help='also write the rows here')
+  common.add_json(parser)
   args = parser.parse_args()
 
   config = config_lib.base_config()  # ResNet-20, 32x32 RGB, 10 classes.

@@ -4,25 +4,14 @@
         [--examples 512,45000] [--image-size 8] [--steps 2000]
         [--log_every 1,10,100] [--profile]
 
-Runs the real train.train_and_evaluate (the epoch's order drawn on the
-device, batch sampling from the on-device training set, augmentation, the
-jitted step, metric fetches every log_every, the progress bar, reporting,
-the final evaluation and save) on synthetic images of --image-size pixels,
-batch 8, so that the convolutions cost little and what is left is the loop:
-with --model resnet20 the real ResNet-20 state (its 272k parameters, its
-optimizer update), with --model negligible a mean pool, BatchNorm and a
-dense layer. --examples sets the training-set size (45,000: CIFAR-10's).
-Each figure is the difference of two runs (--steps and 2x --steps, each the
-fastest of --repeats), so compilation, setup, the final evaluation and the
-save cancel out. With
-several --examples each log_every row also gives steps/s relative to the
-first. --profile adds cProfile's top host functions of a third, untimed run.
-Prints the CPU model and versions with the figures.
-
-The CPU stand-in goal of issue 30 (45,000 examples at >= 90% of the steps/s
-with 512):
-    python bench/loop_overhead.py --model resnet20 --examples 512,45000 \
-        --log_every 50
+Runs train.train_and_evaluate (epoch orders, on-device sampling and
+augmentation, the jitted step, metric fetches every log_every, progress,
+reporting, the final evaluation and save) on synthetic images of
+--image-size pixels, batch 8, so that what is left is the loop: with the
+real ResNet-20 state or a negligible model (a mean pool, BatchNorm and a
+dense layer). Each figure is the difference of a run of --steps and one of
+twice that (each the fastest of --repeats): compilation and setup cancel.
+--profile adds cProfile's top host functions of a third, untimed run.
 """
 import argparse
 import cProfile

@@ -1,29 +1,21 @@
 """Several members in one jitted step: total train images/s against N.
 
-Times resnet_jax.train.make_train_fn (the product's step, vmapped over
-train.num_seeds members) on synthetic 32x32 data held on the device (45,000
-training images, each member with its own order drawn once per epoch, as
-in a run; --examples), for each member count N: total images/s (N x batch /
-step time) and the step time relative to one member. On an accelerator that
-is underused by one ResNet-20 at batch 128 the step time should grow far
-slower than N (goal on a GPU: 8 members in at most 2x the time of one); on a
-CPU, whose cores one member already fills, expect about N x, which
-train.member_chunk's default (0: auto, one member per chunk on the CPU
-backend) gives: 8.1x for 8 members where all vmapped at once (--member_chunk
-8) take 15x (docs/training.md). The header line says which chunk size ran.
---conv_impl auto,matmul adds members' other formulation (resnet_jax/
-matmul_conv.py: vmapped convolutions as batched matrix products, not
-grouped convolutions) after the rows of the first.
+Times the product's step (train.make_train_fn, vmapped over train.num_seeds
+members) fed as a run feeds it (gpu_throughput.bench_jax), for each member
+count N: total images/s (N x batch / step time) and the step time relative
+to one member; per train.member_chunk (0: auto, one member per jitted call
+on the CPU backend, all at once elsewhere) and model.conv_impl (matmul:
+vmapped convolutions as batched matrix products). On a CPU expect about N x;
+the goal on a GPU is 8 members in at most 2x the time of one.
 
   python bench/members.py                                  # N = 1, 2, 4, 8
   python bench/members.py --members 1,2,4,8,16,32 --steps 50   # a GPU
-  python bench/members.py --members 1,2 --steps 2 --warmup 1   # a smoke test
+  python bench/members.py --members 1,8 --member_chunk 0,1 --conv_impl auto,matmul
 """
 import argparse
-import sys
 
 import common
-from gpu_throughput import DEPTH, EXAMPLES, bench_jax
+from gpu_throughput import DEPTH, add_feed_args, bench_jax
 
 
 def main():
@@ -44,21 +36,15 @@ def main():
                  "XLA's convolutions off the CPU; matmul: batched matrix "
                  'products when vmapped); later ones skip member_chunk 1, '
                  'the one-member program of the 1-member row')
-  p.add_argument('--examples', type=int, default=EXAMPLES,
-                 help='training-set size each member samples from (1024: the '
-                 'old 8 batches of 128)')
-  p.add_argument('--json', metavar='FILE',
-                 help='also write the rows here, rewritten after each row')
+  add_feed_args(p)
   args = p.parse_args()
   from resnet_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
-  env = common.environment()
   auto = train.member_chunk_auto(config_lib.base_config()) or 'all'
-  print(f'{common.header(env)}\n# {args.model}, batch {args.batch_size} per '
-        f'member, {args.dtype}, member_chunk 0 is auto ({auto})')
-  print(common.table('members', 'member_chunk', 'conv_impl', 'total img/s',
-                     'step ms', 'step time vs 1 member', 'compile s'))
-  print(common.table('---', 7))
-  rows = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
+  print(f'# {args.model}, batch {args.batch_size} per member, {args.dtype}, '
+        f'member_chunk 0 is auto ({auto})')
+  rows = common.start_table(args, 'members', 'member_chunk', 'conv_impl',
+                            'total img/s', 'step ms', 'step time vs 1 member',
+                            'compile s')
   one_step = None  # One member of the first conv_impl: the base.
   for impl_index, impl in enumerate(args.conv_impl):
     for count in args.members:
