@@ -119,14 +119,14 @@ def run(command, deadline, env=None):
 
 
 def smoke(args, s, scratch, deadline):
-  common = [*s['data'], f'--config.train.steps={s["steps"]}',
+  run_flags = [*s['data'], f'--config.train.steps={s["steps"]}',
             f'--config.train.eval_every={s["eval_every"]}',
             f'--config.train.warmup_steps={s["warmup"]}']
   figures, commands = {}, {}
   env = deterministic_env()
   for dtype in ('float32',):
     workdir = os.path.join(scratch, f'smoke_{dtype}')
-    train = main_command('resnet_conv.py', workdir, *common,
+    train = main_command('resnet_conv.py', workdir, *run_flags,
                          f'--config.train.dtype={dtype}')
     start = time.perf_counter()
     run(train, deadline, env)
@@ -142,7 +142,7 @@ def smoke(args, s, scratch, deadline):
   # last validation figures.
   evaluate = main_command('resnet_conv.py', os.path.join(scratch,
                                                          'smoke_float32'),
-                          *common, '--mode=evaluate', '--split=val',
+                          *run_flags, '--mode=evaluate', '--split=val',
                           '--checkpoint=latest')
   result = last_json(run(evaluate, deadline, env))
   figures['evaluate'] = {'val_accuracy': result['accuracy'],
@@ -151,7 +151,7 @@ def smoke(args, s, scratch, deadline):
   # Kill and resume: SIGKILL (no chance to save) once the first checkpoint is
   # on disk, rerun the same command, compare with the uninterrupted run.
   workdir = os.path.join(scratch, 'smoke_killed')
-  train = main_command('resnet_conv.py', workdir, *common,
+  train = main_command('resnet_conv.py', workdir, *run_flags,
                        '--config.train.dtype=float32')
   child = subprocess.Popen(train, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
