@@ -12,42 +12,34 @@ optimizer step have returned (PyTorch eager).
   python bench/cpu_speed.py --models resnet20 --steps 5 --no-xla
   python bench/cpu_speed.py --tune-malloc         # see --help
 
-PyTorch is optional (pip install torch==2.13.0); bench/torch_resnet.py holds
-its copy of the network.
+PyTorch is optional (pip install torch==2.13.0); its copy of the network is
+gpu_throughput.torch_resnet.
 """
 import argparse
 import functools
 import os
-import platform
 import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+from gpu_throughput import torch_resnet, torch_sgd
 
 # name: (num_layers n, shortcut); depth is 6n + 2.
-MODELS = {
-    'resnet20': (3, 'conv'),
-    'resnet20-zeropad': (3, 'zeropad'),
-    'cnn20': (3, None),
-    'resnet56': (9, 'conv'),
-}
+MODELS = {'resnet20': (3, 'conv'), 'resnet20-zeropad': (3, 'zeropad'),
+          'cnn20': (3, None), 'resnet56': (9, 'conv')}
 # glibc returns big freed blocks to the OS, so every step of either framework
 # page-faults its activations in again (~75k faults/step for ResNet-20 here).
 MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
               'MALLOC_TRIM_THRESHOLD_': str(1 << 40)}
-LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 
 
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--models', default=','.join(MODELS),
+  p.add_argument('--models', type=common.names, default=','.join(MODELS),
                  help=f'comma-separated subset of {",".join(MODELS)}')
   p.add_argument('--batch-size', type=int, default=128)
-  p.add_argument('--steps', type=int, default=10, help='timed steps')
-  p.add_argument('--warmup', type=int, default=2, help='untimed steps')
+  common.add_steps(p, steps=10, warmup=2)
   p.add_argument('--no-xla', action='store_true',
                  help='skip the (slow) plain-XLA JAX baseline')
   p.add_argument('--no-torch', action='store_true', help='skip PyTorch')
@@ -60,107 +52,83 @@ def parse_args():
   p.add_argument('--tune-malloc', action='store_true',
                  help='re-run this script with ' + ' '.join(
                      f'{k}={v}' for k, v in MALLOC_ENV.items()))
-  return p.parse_args()
+  common.add_json(p)
+  args = p.parse_args()
+  if unknown := set(args.models) - set(MODELS):
+    p.error(f'unknown models {",".join(unknown)}; choose from '
+            f'{", ".join(MODELS)}')
+  return args
 
 
 def load_torch(enabled: bool, threads: int):
   """PyTorch with `threads` intra-op threads, or None (off or not installed)."""
-  if not enabled:
+  if not enabled or not common.version('torch'):
     return None
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    print('PyTorch not installed: skipping it.')
-    return None
+  import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(threads)
   return torch
 
 
-def median_rate(batch, seconds):
-  return batch / statistics.median(seconds)
-
-
-def time_steps(run_step, warmup, steps):
-  for _ in range(warmup):
-    run_step()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    run_step()
-    times.append(time.perf_counter() - t)
-  return times
-
-
 def bench_jax(n, shortcut, conv, batch, warmup, steps, compiler_options):
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from resnet_jax.models import ResNet
-
+  """(first call s, [s of each timed step])."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from resnet_jax.models import ResNet  # pylint: disable=import-outside-toplevel
   model = ResNet(num_layers=n, shortcut=shortcut, conv_general_dilated=conv)
   kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(kx, (batch, 32, 32, 3), jnp.float32)
   y = jax.random.randint(ky, (batch,), 0, 10)
   variables = model.init(kp, x[:1], train=False)
-  tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
-                   optax.sgd(LR, momentum=MOMENTUM, nesterov=True))
-  state = [variables['params'], variables['batch_stats']]
-  state.append(tx.init(state[0]))
+  tx = optax.chain(optax.add_decayed_weights(5e-4),
+                   optax.sgd(0.1, momentum=0.9, nesterov=True))
+  state = (variables['params'], variables['batch_stats'],
+           tx.init(variables['params']))
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2),
+  @functools.partial(jax.jit, donate_argnums=0,
                      compiler_options=compiler_options)
-  def step(params, batch_stats, opt_state, x, y):
+  def train_step(state, x, y):
+    params, batch_stats, opt_state = state
+
     def loss_fn(p):
       logits, updates = model.apply({'params': p, 'batch_stats': batch_stats},
                                     x, train=True, mutable=['batch_stats'])
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, updates['batch_stats']
-    (loss, batch_stats), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+    return optax.apply_updates(params, updates), batch_stats, opt_state
 
-  def run_step():
-    *new_state, loss = step(*state, x, y)
-    state[:] = new_state
-    jax.block_until_ready(loss)
-
-  t = time.perf_counter()
-  run_step()  # Compiles.
-  compile_s = time.perf_counter() - t
-  return compile_s, time_steps(run_step, warmup, steps)
+  step = lambda state: train_step(state, x, y)
+  first, seconds, _ = common.time_loop(step, state, 1, warmup, repeats=steps)
+  return first, seconds
 
 
 def bench_torch(n, shortcut, batch, warmup, steps, channels_last):
-  import torch
-  from torch_resnet import ResNet
-
+  import torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  model = ResNet(n, shortcut=shortcut).train()
+  model = torch_resnet(n, shortcut=shortcut).train()
   x = torch.randn(batch, 3, 32, 32)
   y = torch.randint(0, 10, (batch,))
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
-  opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
-                        nesterov=True, weight_decay=WEIGHT_DECAY)
+  opt = torch_sgd(model)
 
-  def run_step():
+  def step(carry):
     opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
+    return carry
 
-  return time_steps(run_step, warmup, steps)
+  return common.time_loop(step, None, 1, warmup, repeats=steps,
+                          sync=lambda carry: carry)[1]
 
 
 class OtherLoad:
-  """Share of the machine's CPU time used by other processes while timing.
-
-  The numbers are only comparable when this stays near 0: on a shared machine
-  PyTorch's OpenMP threads in particular slow down many-fold when a core is
-  taken away.
-  """
+  """Share of the machine's CPU time used by other processes while timing:
+  the numbers compare only when it stays near 0 (PyTorch's OpenMP threads
+  slow down many-fold when a core is taken away)."""
 
   def __init__(self):
     self.start = self._read()
@@ -182,97 +150,64 @@ class OtherLoad:
     return max(0.0, 100 * ((b1 - b0) - (own1 - own0)) / ((w1 - w0) * cpus))
 
 
-def cpu_model():
-  """'AMD EPYC (family 25 model 17, AVX-512)': the name alone can hide the
-  generation, and AVX-512 changes XLA:CPU's speed."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      info = dict(line.split(':', 1) for line in f.read().split('\n\n')[0]
-                  .splitlines() if ':' in line)
-  except OSError:
-    return platform.processor() or 'unknown'
-  info = {k.strip(): v.strip() for k, v in info.items()}
-  vector = 'AVX-512' if 'avx512f' in info.get('flags', '').split() else 'no AVX-512'
-  return (f'{info.get("model name", "unknown")} (family '
-          f'{info.get("cpu family", "?")} model {info.get("model", "?")}, '
-          f'{vector})')
-
-
 def main():
   args = parse_args()
-  if args.tune_malloc and any(os.environ.get(k) != v
-                              for k, v in MALLOC_ENV.items()):
+  malloc_tuned = all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
+  if args.tune_malloc and not malloc_tuned:
     os.environ.update(MALLOC_ENV)  # glibc reads these at start-up: re-exec.
     os.execv(sys.executable, [sys.executable] + sys.argv)
-  models = args.models.split(',')
-  for m in models:
-    if m not in MODELS:
-      sys.exit(f'unknown model {m!r}; choose from {", ".join(MODELS)}')
-
-  import jax
-  import jaxlib
-  import flax
-  from resnet_jax import cpu_conv
-
-  threads = len(os.sched_getaffinity(0))
+  from resnet_jax import cpu_conv  # pylint: disable=import-outside-toplevel
+  env = common.environment()
+  threads = env['cores']
   fast = cpu_conv.select_conv(cpu_conv.FAST)
   copts = None if args.ynn_convs else cpu_conv.jit_compiler_options(cpu_conv.FAST)
   torch = load_torch(not args.no_torch, threads)
+  if not torch and not args.no_torch:
+    print('PyTorch not installed: skipping it.')
   formats = {'nchw': [False], 'channels_last': [True],
              'both': [False, True]}[args.torch_format]
-
-  rows = []
-  for name in models:
+  rate = lambda seconds: args.batch_size / statistics.median(seconds)
+  rows = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
+  for name in args.models:
     n, shortcut = MODELS[name]
-    r = {'model': name}
-    load = OtherLoad()
-    print(f'{name}: JAX fast...', flush=True)
-    r['fast_compile'], t = bench_jax(n, shortcut, fast, args.batch_size,
-                                     args.warmup, args.steps, copts)
-    r['fast'] = median_rate(args.batch_size, t)
-    if not args.no_xla:
-      print(f'{name}: JAX XLA...', flush=True)
-      r['xla_compile'], t = bench_jax(n, shortcut, None, args.batch_size,
-                                      args.warmup, args.steps, copts)
-      r['xla'] = median_rate(args.batch_size, t)
-    if torch is not None:
-      for cl in formats:
-        key = 'torch_cl' if cl else 'torch_nchw'
-        print(f'{name}: PyTorch {"channels_last" if cl else "NCHW"}...',
-              flush=True)
-        r[key] = median_rate(args.batch_size, bench_torch(
-            n, shortcut, args.batch_size, args.warmup, args.steps, cl))
+    r, load = {'model': name}, OtherLoad()
+    for key, conv in (('fast', fast), ('xla', None))[:1 + (not args.no_xla)]:
+      print(f'{name}: JAX {key}...', flush=True)
+      r[f'{key}_compile'], seconds = bench_jax(
+          n, shortcut, conv, args.batch_size, args.warmup, args.steps, copts)
+      r[key] = rate(seconds)
+    for cl in formats if torch else []:
+      print(f'{name}: PyTorch {"channels_last" if cl else "NCHW"}...',
+            flush=True)
+      r['torch_cl' if cl else 'torch_nchw'] = rate(bench_torch(
+          n, shortcut, args.batch_size, args.warmup, args.steps, cl))
     r['other_load'] = load.percent()
-    rows.append(r)
+    rows.add(r)
 
   fmt = lambda v, spec='.0f': '-' if v is None else format(v, spec)
-  print()
-  print('| model | JAX fast img/s | JAX XLA img/s | PyTorch NCHW img/s '
-        '| PyTorch channels_last img/s | fast / best PyTorch '
-        '| fast / XLA | first call s, incl. compile (fast / XLA) | other load |')
-  print('|---|---|---|---|---|---|---|---|---|')
+  print('\n' + common.table(
+      'model', 'JAX fast img/s', 'JAX XLA img/s', 'PyTorch NCHW img/s',
+      'PyTorch channels_last img/s', 'fast / best PyTorch', 'fast / XLA',
+      'first call s, incl. compile (fast / XLA)', 'other load'))
+  print(common.table('---', 9))
   for r in rows:
     best = max([r[k] for k in ('torch_nchw', 'torch_cl') if k in r],
                default=None)
-    print(f"| {r['model']} | {fmt(r['fast'])} | {fmt(r.get('xla'))} "
-          f"| {fmt(r.get('torch_nchw'))} | {fmt(r.get('torch_cl'))} "
-          f"| {fmt(best and r['fast'] / best, '.2f')} "
-          f"| {fmt(r.get('xla') and r['fast'] / r['xla'], '.2f')} "
-          f"| {fmt(r['fast_compile'], '.1f')} / "
-          f"{fmt(r.get('xla_compile'), '.1f')} | {r['other_load']:.0f}% |")
-  print()
-  print(f'batch {args.batch_size}, float32, median of {args.steps} timed steps '
-        f'after {args.warmup} warm-up steps; img/s = batch / median step time.')
-  print(f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, '
-        f'flax {flax.__version__}, '
-        f'torch {torch.__version__ if torch else "-"}; '
-        f'python {platform.python_version()}')
-  print(f'CPU: {cpu_model()}; {threads} threads available '
-        f'(torch.set_num_threads({threads}); XLA uses all of them).')
-  print('other load: CPU used by other processes while the row was timed '
-        '(shared machine; only rows near 0% are comparable).')
-  print(f'XLA compiler_options: {copts}; malloc tuning: '
-        f'{"on" if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()) else "off"}.')
+    print(common.table(
+        r['model'], fmt(r['fast']), fmt(r.get('xla')),
+        fmt(r.get('torch_nchw')), fmt(r.get('torch_cl')),
+        fmt(best and r['fast'] / best, '.2f'),
+        fmt(r.get('xla') and r['fast'] / r['xla'], '.2f'),
+        f"{fmt(r['fast_compile'], '.1f')} / {fmt(r.get('xla_compile'), '.1f')}",
+        f"{r['other_load']:.0f}%"))
+  print(f'\nbatch {args.batch_size}, float32, median of {args.steps} timed '
+        f'steps after {args.warmup} warm-up steps; img/s = batch / median step '
+        f'time.\n{common.header(env)}\n{threads} threads available '
+        f'(torch.set_num_threads({threads}); XLA uses all of them).\n'
+        'other load: CPU used by other processes while the row was timed '
+        '(shared machine; only rows near 0% are comparable).\n'
+        f'XLA compiler_options: {copts}; malloc tuning: '
+        f'{"on" if malloc_tuned else "off"}.')
 
 
 if __name__ == '__main__':

@@ -16,6 +16,8 @@ import os
 import re
 import sys
 
+import common  # pylint: disable=unused-import  # The repository on sys.path.
+
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 # pylint: disable=wrong-import-position

@@ -2,23 +2,17 @@
 
 Trains ResNet-20 with zero-pad (A) and 1x1-conv (B) shortcuts and the plain
 CNN-20 (configs/resnet_zeropad.py, resnet_conv.py, cnn.py: 64,000 steps of
-128, ~182 epochs) as three processes sharing one accelerator (one ResNet-20
-at batch 128 leaves a GPU mostly idle; --sequential runs them one after
-another), then evaluates each final checkpoint on the validation split,
-single view and with flip TTA. --recipe=gpu trains the same epochs at batch
-512 as configs/resnet_conv_gpu.py scales it (16,000 steps, learning rate
-0.4, warmup and evaluations in the same epochs, bfloat16).
-
-Training stops at --limit seconds (SIGTERM: the run saves its step and can
-be resumed by the same command), so the whole command fits one call of a
-lent GPU machine; the JSON at --out is rewritten as each run and each
-evaluation ends, with every command, the device and the versions.
+128) as three processes sharing one accelerator (--sequential: one after
+another), then evaluates each last checkpoint on the validation split,
+single view and with flip TTA. --recipe=gpu: the same epochs at batch 512
+(16,000 steps, learning rate 0.4, bfloat16). Training stops at --limit
+seconds (SIGTERM: each run saves, and the same command resumes it); the JSON
+at --out is rewritten as each run and evaluation ends.
 
   python bench/full_length.py --data=DIR --workdir=DIR --out=FILE
   python bench/full_length.py --tiny --workdir=/tmp/fl --out=/tmp/fl.json
 """
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -26,11 +20,10 @@ import subprocess
 import sys
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
-sys.path[:0] = [ROOT, BENCH]
-from resnet_jax import reporting  # pylint: disable=wrong-import-position
-from gpu_check import TINY_DATA, environment, write_report  # pylint: disable=wrong-import-position
+import common
+from common import ROOT
+from gpu_check import TINY_DATA
+from resnet_jax import reporting
 
 MODELS = {'resnet20_zeropad': 'resnet_zeropad.py',
           'resnet20_conv': 'resnet_conv.py', 'cnn20': 'cnn.py'}
@@ -110,7 +103,7 @@ def evaluate_all(args, extra, report, write):
                               check=False)
       entry = {'command': shlex.join(cmd)}
       if result.returncode == 0:
-        out = json.loads(result.stdout.strip().splitlines()[-1])
+        out = common.last_json(result.stdout)
         entry.update(accuracy=out['accuracy'], loss=out['loss'],
                      step=out['step'], examples=out['num_examples'])
       else:
@@ -136,7 +129,7 @@ def main():
   p.add_argument('--tiny', action='store_true',
                  help='a rehearsal: synthetic data, a tiny model, 8 steps')
   args = p.parse_args()
-  args.models = args.models.split(',')
+  args.models = common.names(args.models)
   if unknown := set(args.models) - set(MODELS):
     p.error(f'unknown models: {",".join(sorted(unknown))}')
   if args.tiny:
@@ -149,8 +142,9 @@ def main():
   if args.recipe == 'gpu' and not args.tiny:
     extra += GPU_RECIPE
   report = {'command': shlex.join([sys.executable, *sys.argv]),
-            'recipe': args.recipe, 'environment': environment(), 'runs': {}}
-  write = lambda: write_report(report, args.out)
+            'recipe': args.recipe,
+            'environment': common.environment_in_child(), 'runs': {}}
+  write = lambda: common.write_json(args.out, report)
   write()
   train_all(args, extra, report, write)
   evaluate_all(args, extra, report, write)

@@ -3,45 +3,26 @@ measures it, writing every figure, with the command that gave it, to one JSON.
 
   python bench/gpu_check.py --data=DIR     # on a GPU box: under 6 minutes
   python bench/gpu_check.py --tiny         # rehearsal anywhere (synthetic
-                                           # data, tiny model): seconds
-  python bench/gpu_check.py --dry-run ...  # print the commands, run nothing
+                                           # data, tiny model)
+  python bench/gpu_check.py --dry-run ...  # print the plan, run nothing
 
-DIR is a cifar-10-batches-bin folder (bench/README.md: staging it on a lent
-GPU machine). Each stage is a child process with its own time limit, so one
-that fails or hangs is recorded and the others still run; the JSON is
-rewritten as each stage ends, so a check stopped midway keeps what it
-measured:
-  smoke         train float32 (evaluating on the way), SIGKILL after the
-                first checkpoint, resume to the end; an uninterrupted twin
-                must give the same validation figures, and --mode=evaluate
-                on its checkpoint its last ones (bfloat16 trains in
-                accuracy_gpu)
-  tests         a handful of the suite's tests on the GPU backend
-  throughput    bench/gpu_throughput.py: JAX step vs the PyTorch twin,
-                ResNet-20 at batch 128 and 512, float32 and bfloat16 (rows
-                kept if the stage runs out of time)
-  members       bench/members.py: total images/s of 1 and 8 members
-                trained in one step (train.num_seeds), the 8 all vmapped
-                (grouped convolutions), one per jitted call
-                (train.member_chunk=1) and all vmapped as batched matrix
-                products (model.conv_impl=matmul)
-  accuracy      bench/time_to_accuracy.py: process start to 91.25%
-                validation accuracy with configs/resnet_conv_fast.py (batch
-                128)
-  accuracy_gpu  the same with configs/resnet_conv_gpu.py (batch 512,
-                bfloat16)
+DIR is a cifar-10-batches-bin folder. The stages (STAGES; docs/
+gpus_and_clusters.md has their table): smoke (train float32, --mode=evaluate
+on its checkpoint, SIGKILL after the first checkpoint and resume, which must
+equal an uninterrupted twin), tests (a handful of the suite's), throughput
+(gpu_throughput.py), members (members.py), accuracy and accuracy_gpu
+(time_to_accuracy.py with the batch-128 and batch-512 recipes). Each is a
+child process with its own time limit, so one that fails or hangs is
+recorded and the others still run; the JSON is rewritten as each stage
+ends. A stage fails, and so does the check (exit 1), if its child or one of
+its checks does: a green check holds. smoke and tests ask XLA for
+deterministic GPU kernels (DETERMINISTIC): otherwise atomic accumulations
+make a resumed run differ from its twin in the last bits.
 
-A stage fails, and so does the check (exit 1), if its child fails or one of
-its checks does (a failing test, a resume that differs): a green check
-holds. The smoke and tests stages ask XLA for deterministic GPU operations
-(DETERMINISTIC): without them a resumed run may differ from its twin in the
-last bits (atomic accumulations in some kernels), which the comparisons
-would count as a failed resume.
-
-The limits come from an H200's figures (issue 30): a resnet_jax.main process
-took ~30 s to its first step before the compilation cache, the default grid
-of 8 throughput rows 210 s, the batch-128 30-epoch run 96.5 s. The stages
-after the first find most programs in the compilation cache.
+The limits come from an H200's figures: a resnet_jax.main process took ~30 s
+to its first step before the compilation cache, the default grid of 8
+throughput rows 210 s, the batch-128 30-epoch run 96.5 s. Later stages find
+most programs in the compilation cache.
 """
 import argparse
 import json
@@ -52,10 +33,10 @@ import sys
 import tempfile
 import time
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
-sys.path.insert(0, ROOT)
-from resnet_jax import reporting, workdir  # pylint: disable=wrong-import-position
+import common
+from common import BENCH, ROOT, last_json
+from resnet_jax import reporting
+
 TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_training_learns_and_writes_its_workdir',
          'tests/test_train.py::test_resume_matches_an_uninterrupted_run',
@@ -137,19 +118,15 @@ def run(command, deadline, env=None):
   return result.stdout
 
 
-def last_json(text):
-  return json.loads(text.strip().splitlines()[-1])
-
-
 def smoke(args, s, scratch, deadline):
-  common = [*s['data'], f'--config.train.steps={s["steps"]}',
+  run_flags = [*s['data'], f'--config.train.steps={s["steps"]}',
             f'--config.train.eval_every={s["eval_every"]}',
             f'--config.train.warmup_steps={s["warmup"]}']
   figures, commands = {}, {}
   env = deterministic_env()
   for dtype in ('float32',):
     workdir = os.path.join(scratch, f'smoke_{dtype}')
-    train = main_command('resnet_conv.py', workdir, *common,
+    train = main_command('resnet_conv.py', workdir, *run_flags,
                          f'--config.train.dtype={dtype}')
     start = time.perf_counter()
     run(train, deadline, env)
@@ -165,7 +142,7 @@ def smoke(args, s, scratch, deadline):
   # last validation figures.
   evaluate = main_command('resnet_conv.py', os.path.join(scratch,
                                                          'smoke_float32'),
-                          *common, '--mode=evaluate', '--split=val',
+                          *run_flags, '--mode=evaluate', '--split=val',
                           '--checkpoint=latest')
   result = last_json(run(evaluate, deadline, env))
   figures['evaluate'] = {'val_accuracy': result['accuracy'],
@@ -174,7 +151,7 @@ def smoke(args, s, scratch, deadline):
   # Kill and resume: SIGKILL (no chance to save) once the first checkpoint is
   # on disk, rerun the same command, compare with the uninterrupted run.
   workdir = os.path.join(scratch, 'smoke_killed')
-  train = main_command('resnet_conv.py', workdir, *common,
+  train = main_command('resnet_conv.py', workdir, *run_flags,
                        '--config.train.dtype=float32')
   child = subprocess.Popen(train, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -283,46 +260,6 @@ STAGES = {'smoke': (smoke, 95), 'tests': (tests, 40),
           'accuracy': (accuracy, 60), 'accuracy_gpu': (accuracy_gpu, 35)}
 
 
-# Versions and the device, printed by a child process: initialized here, the
-# GPU would stay held by this parent through every stage (JAX preallocates
-# 75% of its memory), leaving the stages' processes a quarter.
-ENVIRONMENT = """
-import datetime, json, platform
-import flax, jax, jaxlib
-print(json.dumps({
-    'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec='seconds'), 'python': platform.python_version(),
-    'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-    'flax': flax.__version__, 'backend': jax.default_backend(),
-    'device': jax.devices()[0].device_kind,
-    'device_count': jax.device_count()}))
-"""
-
-
-def environment() -> dict:
-  env = last_json(subprocess.run([sys.executable, '-c', ENVIRONMENT],
-                                 cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout)
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    env['torch'] = torch.__version__
-  except ImportError:
-    env['torch'] = None
-  try:
-    env['driver'] = subprocess.run(
-        ['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
-        capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    env['driver'] = None
-  return env
-
-
-def write_report(report, path):
-  """The report so far, replaced whole (workdir.write_text): never torn."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  workdir.write_text(path, json.dumps(report, indent=1))
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--data', help='a cifar-10-batches-bin folder')
@@ -337,7 +274,7 @@ def main():
   p.add_argument('--dry-run', action='store_true',
                  help='print the plan and exit')
   args = p.parse_args()
-  stages = args.stages.split(',')
+  stages = common.names(args.stages)
   if unknown := set(stages) - set(STAGES):
     p.error(f'unknown stages: {",".join(sorted(unknown))}')
   if not args.tiny and not (args.data and os.path.isdir(args.data)):
@@ -348,7 +285,8 @@ def main():
     print(f'writes {args.out}')
     return
   report = {'command': shlex.join([sys.executable, *sys.argv]),
-            'environment': environment(), 'stages': {}}
+            # Read in a child: this process holds no GPU memory.
+            'environment': common.environment_in_child(), 'stages': {}}
   with tempfile.TemporaryDirectory(prefix='gpu_check-') as scratch:
     for name in stages:
       fn, limit = STAGES[name]
@@ -368,7 +306,7 @@ def main():
       report['stages'][name] = entry
       print(f'{name}: {"ok" if entry["ok"] else entry["error"]} '
             f'({entry["seconds"]} s)', flush=True)
-      write_report(report, args.out)  # Each stage kept as it ends.
+      common.write_json(args.out, report)  # Each stage kept as it ends.
   print(f'wrote {args.out}')
   sys.exit(0 if all(e['ok'] for e in report['stages'].values()) else 1)
 

@@ -2,65 +2,52 @@
 
     python bench/input_pipeline.py [--folder_images=2000] [--train_steps=24]
 
-A split that fits data.max_in_memory_gb is decoded once, on the host, into
-a uint8 array that goes to device memory; each training step then samples,
-crops, flips and normalizes its batch on the device inside the jitted step.
-A larger split is streamed (data.streaming, resnet_jax/data/stream.py): the
-host decodes every batch, every epoch. So the rows are:
-- host load: images/s of `source.load` (read + decode + resize), paid once
-  per run; `epoch x` says how many training epochs' worth of time it costs
-  (load time / time of one epoch at the measured training rate).
-- streaming: images/s of stream.TrainBatches (grain, data.decode_threads
-  threads; batches in training order, put on the device), paid every epoch;
-  `epoch x` = training rate / streaming rate, which must stay below 1 for
-  the pipeline not to be the bottleneck. The `processes` rows run the same
-  reads in grain's worker processes (mp_prefetch) instead of threads, to
-  show why threads were chosen.
-- on-device batch: jit of train.sample_batch (the epoch's order drawn
-  once) + augment.random_crop_flip + augment.normalize alone, per step.
-- ResNet-20 train: the jitted train step (the above plus forward, backward
-  and update) on synthetic data, after compilation.
-The pipeline keeps up when the on-device batch rate is far above the training
-rate and the host load costs a small fraction of an epoch.
-
-Nothing is downloaded: cifar10_binary is read from --cifar_dir when it
-exists, the folder datasets are generated in a temporary directory, and tfds
-(when tensorflow-datasets is installed) is prepared there from PNG bytes.
+Rows: host loads (images/s of read + decode + resize, paid once per run;
+`epoch x` = load time over one training epoch at the measured rate);
+streaming (stream.TrainBatches, grain with data.decode_threads threads,
+paid every epoch: `epoch x` below 1 keeps the model fed; the `processes`
+row runs the same reads in grain worker processes, to show why threads
+were chosen); the on-device batch (train.sample_batch, crop, flip,
+normalize, jitted alone); the ResNet-20 train step in memory and fed by the
+streamed 256x256 JPEG folder. Nothing is downloaded: cifar10_binary is read
+from --cifar_dir when it exists, the folders are generated in a temporary
+directory, and tfds is prepared there from PNG bytes.
 """
 import argparse
 import functools
 import io
 import os
-import platform
-import shutil
 import sys
 import tempfile
 import time
 
+import common
 import grain
 import jax
 from absl import flags
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
-from resnet_jax import data, models, train  # pylint: disable=wrong-import-position
-from resnet_jax.data import augment, cifar10_binary, folder, order, stream, synthetic  # pylint: disable=wrong-import-position
+from resnet_jax import config as config_lib
+from resnet_jax import data, models, train
+from resnet_jax.data import augment, cifar10_binary, folder, order, stream, synthetic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CIFAR = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'cifar10',
-                             'cifar-10-batches-bin')
+DEFAULT_CIFAR = os.path.join(os.path.dirname(common.ROOT), 'shared', 'data',
+                             'cifar10', 'cifar-10-batches-bin')
 
 
-def timed(fn, repeats=1):
-  """Best wall time of `repeats` calls, and the last result."""
-  best, out = float('inf'), None
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, out
+def timed(fn):
+  """Wall time of one call (a host load), and its result."""
+  start = time.perf_counter()
+  out = fn()
+  return time.perf_counter() - start, out
+
+
+def rate_of(step, carry, steps, batch_size, repeats=1):
+  """Images/s of `carry = step(carry)` (common.time_loop: the first call,
+  compiling or starting threads, apart; the fastest window), the last carry."""
+  _, seconds, carry = common.time_loop(step, carry, steps, repeats=repeats)
+  return batch_size / min(seconds), carry
 
 
 def write_folder(root, n, shape, ext, num_classes=10):
@@ -84,12 +71,10 @@ def streaming_rate(config, steps, mesh):
   split = stream.open_split(config, 'train')
   batches = stream.TrainBatches(split, config, 0, mesh)
   try:
-    jax.block_until_ready(next(batches))  # Threads start, first batch.
-    seconds, _ = timed(lambda: jax.block_until_ready(
-        [next(batches) for _ in range(steps)]))
+    return rate_of(lambda _: next(batches), None, steps,
+                   config.train.batch_size)[0]
   finally:
     batches.close()
-  return steps * config.train.batch_size / seconds
 
 
 def _read_batch(split, batch_size, b):
@@ -102,7 +87,7 @@ def process_rate(config, steps, workers):
   flags.FLAGS.mark_as_parsed()  # grain's workers read its absl flags.
   split = stream.open_split(config, 'train')
   batch_size = config.train.batch_size
-  dataset = (grain.MapDataset.range(steps + 2 * workers)
+  dataset = (grain.MapDataset.range(steps + 2 * workers + 1)
              .map(functools.partial(_read_batch, split, batch_size))
              .to_iter_dataset(grain.ReadOptions(num_threads=1))
              .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
@@ -110,10 +95,9 @@ def process_rate(config, steps, workers):
   try:
     for _ in range(2 * workers):  # Workers start (spawn, import JAX).
       next(iterator)
-    seconds, _ = timed(lambda: [next(iterator) for _ in range(steps)])
+    return rate_of(lambda _: next(iterator), None, steps, batch_size)[0]
   finally:
     iterator.close()
-  return steps * batch_size / seconds
 
 
 def tfds_rows(tmp, n, data_config):
@@ -149,7 +133,8 @@ def tfds_rows(tmp, n, data_config):
               ).download_and_prepare()
   from resnet_jax.data import tfds as tfds_source  # pylint: disable=import-outside-toplevel
   data_config.dir, data_config.name = os.path.join(tmp, 'tfds'), 'bench_images'
-  seconds, (images, _) = timed(lambda: tfds_source.load(data_config, 'train', 10))
+  seconds, (images, _) = timed(
+      lambda: tfds_source.Reader(data_config, 'train', 10).read_all())
   return [('tfds (array_record, 32x32 PNG)', len(images) / seconds, f'{len(images)} images')]
 
 
@@ -162,6 +147,7 @@ def main():
   parser.add_argument('--train_steps', type=int, default=24)
   parser.add_argument('--pipeline_steps', type=int, default=50)
   parser.add_argument('--stream_steps', type=int, default=20)
+  common.add_json(parser)
   args = parser.parse_args()
 
   config = config_lib.base_config()  # ResNet-20, 32x32 RGB, 10 classes.
@@ -169,20 +155,21 @@ def main():
   data_config = config.data
   rows = []  # (what, images/s, note)
 
-  data_config.synthetic_examples = args.synthetic_images
-  seconds, (images, _) = timed(lambda: synthetic.load(data_config, 'train', 10))
-  rows.append(('synthetic', len(images) / seconds, f'{len(images)} images'))
+  def host_load(what, load):
+    seconds, (images, _) = timed(lambda: load(data_config, 'train', 10))
+    rows.append((what, len(images) / seconds, f'{len(images)} images'))
 
+  data_config.synthetic_examples = args.synthetic_images
+  host_load('synthetic', synthetic.load)
   if os.path.isdir(args.cifar_dir):
     data_config.dir = args.cifar_dir
-    seconds, (images, _) = timed(lambda: cifar10_binary.load(data_config, 'train', 10))
-    rows.append(('cifar10_binary', len(images) / seconds, f'{len(images)} images'))
+    host_load('cifar10_binary', cifar10_binary.load)
   else:
     rows.append(('cifar10_binary', None, f'{args.cifar_dir} absent'))
 
   mesh = train.create_mesh()
-  tmp = tempfile.mkdtemp(prefix='input_pipeline_')
-  try:
+  threads = f'{os.cpu_count()} threads, batch {args.batch_size}'
+  with tempfile.TemporaryDirectory(prefix='input_pipeline_') as tmp:
     streamed = []
     for shape, ext, what in (((32, 32), 'png', '32x32 PNG'),
                              ((32, 32), 'jpg', '32x32 JPEG'),
@@ -190,31 +177,48 @@ def main():
       root = os.path.join(tmp, f'{ext}{shape[0]}')
       write_folder(root, args.folder_images, shape, ext)
       data_config.source, data_config.dir = 'folder', root
-      seconds, (images, _) = timed(lambda: folder.load(data_config, 'train', 10))
-      rows.append((f'folder in memory, {what}', len(images) / seconds,
-                   f'{len(images)} images, {os.cpu_count()} threads'))
-      rate = streaming_rate(config, args.stream_steps, mesh)
-      streamed.append((f'folder streaming, {what}', rate,
-                       f'{os.cpu_count()} threads, batch {args.batch_size}'))
+      host_load(f'folder in memory, {what}', folder.load)
+      streamed.append((f'folder streaming, {what}', streaming_rate(
+          config, args.stream_steps, mesh), threads))
       data_config.streaming = 'auto'
-      if ext == 'jpg' and shape[0] > 32:
-        big_jpeg_root = root
-        rate = process_rate(config, args.stream_steps, os.cpu_count())
-        streamed.append((f'folder streaming, {what}, processes', rate,
-                         f'{os.cpu_count()} grain worker processes'))
+    # The last folder, 256x256 JPEG, in grain's worker processes too.
+    streamed.append((f'folder streaming, {what}, processes',
+                     process_rate(config, args.stream_steps, os.cpu_count()),
+                     f'{os.cpu_count()} grain worker processes'))
     if os.path.isdir(args.cifar_dir):
       data_config.source, data_config.dir = 'cifar10_binary', args.cifar_dir
-      rate = streaming_rate(config, args.stream_steps, mesh)
-      streamed.append(('cifar10_binary streaming (memmap)', rate,
-                       f'{os.cpu_count()} threads, batch {args.batch_size}'))
-    rows += tfds_rows(tmp, args.folder_images, data_config)
-    rows += streamed
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+      streamed.append(('cifar10_binary streaming (memmap)', streaming_rate(
+          config, args.stream_steps, mesh), threads))
+    rows += tfds_rows(tmp, args.folder_images, data_config) + streamed
+    data_config.source, data_config.dir = 'folder', root  # 256x256 JPEG.
+    rows += device_rows(config, args, mesh)
 
-  # The on-device batch: sample + crop/flip + normalize, as in the train step.
-  data_config.synthetic_examples = max(args.synthetic_images, 4 * args.batch_size)
+  env = common.environment()
+  print(f'{common.header(env)}\nPillow {Image.__version__}, numpy '
+        f'{np.__version__}\n')
+  print(f'| {"what":50} | {"images/s":>9} | {"epoch x":>7} | note |')
+  print(f'|{"-" * 52}|{"-" * 11}|{"-" * 9}|------|')
+  train_rate = next(rate for what, rate, _ in rows
+                    if what.startswith('ResNet-20 train step ('))
+  table = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
+  for what, rate, note in rows:
+    rate_text = f'{rate:9,.0f}' if rate else f'{"-":>9}'
+    # Host loads run once: their cost in epochs of training at train_rate.
+    # Streaming rows pay it every epoch: below 1 keeps the model fed.
+    host = rate and not what.startswith(('on-device', 'ResNet'))
+    epochs = train_rate / rate if host else None
+    print(f'| {what:50} | {rate_text} | '
+          f'{f"{epochs:7.3f}" if epochs else " " * 7} | {note} |')
+    table.add({'what': what, 'images_per_sec': rate, 'epochs': epochs,
+               'note': note})
+
+
+def device_rows(config, args, mesh):
+  """The on-device batch alone, the train step with it, and the train step
+  fed by the streamed folder at config.data.dir."""
+  data_config = config.data
+  data_config.synthetic_examples = max(args.synthetic_images,
+                                       4 * args.batch_size)
   images, labels = synthetic.load(data_config, 'train', 10)
   train_data = train.put_replicated({'image': images, 'label': labels}, mesh)
   normalization = data.channel_stats(images)
@@ -222,72 +226,38 @@ def main():
   epoch_order = order.epoch_order(order_key, 0, len(labels))
 
   @jax.jit
-  def pipeline(train_data, step):
+  def pipeline(train_data, step):  # Sample, crop/flip, normalize: the step's.
     batch = train.sample_batch(train_data, epoch_order, step, args.batch_size)
     out = augment.random_crop_flip(jax.random.fold_in(augment_key, step),
                                    batch['image'])
-    return augment.normalize(out, *normalization), batch['label']
+    return step + 1, augment.normalize(out, *normalization), batch['label']
 
-  jax.block_until_ready(pipeline(train_data, 0))
-  def run_pipeline():
-    for step in range(1, args.pipeline_steps + 1):
-      out = pipeline(train_data, step)
-    return jax.block_until_ready(out)
-  seconds, _ = timed(run_pipeline, repeats=2)
-  rows.append(('on-device batch (sample+crop+flip+normalize)',
-               args.pipeline_steps * args.batch_size / seconds,
-               f'batch {args.batch_size}'))
-
-  model = models.from_config(config)
-  state = train.create_train_state(config, model, mesh)
+  batch = f'batch {args.batch_size}'
+  rows = [('on-device batch (sample+crop+flip+normalize)', rate_of(
+      lambda c: pipeline(train_data, c[0]), (0,), args.pipeline_steps,
+      args.batch_size, repeats=2)[0], batch)]
+  state = train.create_train_state(config, models.from_config(config), mesh)
   train_fn = train.make_train_fn(config, mesh, normalization)
   inputs = train.EpochOrders(train_data, train.member_keys(config)[0],
                              args.batch_size, 0, train.member_sharding(mesh))
-  state, metrics = train_fn(state, next(inputs))  # Compiles.
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(args.train_steps):
-    state, metrics = train_fn(state, next(inputs))
-  jax.block_until_ready(metrics)
-  train_rate = args.train_steps * args.batch_size / (time.perf_counter() - start)
-  rows.append(('ResNet-20 train step (incl. on-device batch)', train_rate,
-               f'batch {args.batch_size}, {args.train_steps} steps'))
-
-  # The same step fed by the streamed 256x256 JPEG folder: on a CPU-only
-  # machine decoding takes cores from the step, which this row shows.
-  data_config.source, data_config.dir = 'folder', big_jpeg_root
+  steps = f'{batch}, {args.train_steps} steps'
+  rate, state = rate_of(lambda state: train_fn(state, next(inputs))[0],
+                        state, args.train_steps, args.batch_size)
+  rows.append(('ResNet-20 train step (incl. on-device batch)', rate, steps))
+  # On a CPU-only machine decoding takes cores from the step: this row
+  # shows it.
   data_config.streaming = 'on'
   batches = stream.TrainBatches(stream.open_split(config, 'train'), config, 0,
                                 mesh)
   stream_fn = train.make_train_fn(config, mesh, normalization, streamed=True)
-  state, metrics = stream_fn(state, next(batches))  # Compiles.
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(args.train_steps):
-    state, metrics = stream_fn(state, next(batches))
-  jax.block_until_ready(metrics)
-  batches.close()
-  shutil.rmtree(tmp, ignore_errors=True)
-  rows.append(('ResNet-20 train step, streamed 256px JPEG folder',
-               args.train_steps * args.batch_size / (time.perf_counter() - start),
-               f'batch {args.batch_size}, {args.train_steps} steps'))
-
-  device = jax.devices()[0]
-  print(f'command: python {" ".join(sys.argv)}')
-  print(f'python {platform.python_version()}, jax {jax.__version__}, '
-        f'Pillow {Image.__version__}, numpy {np.__version__}, '
-        f'device {device.platform}:{device.device_kind} x{jax.device_count()}, '
-        f'{os.cpu_count()} CPU cores')
-  print()
-  print(f'| {"what":50} | {"images/s":>9} | {"epoch x":>7} | note |')
-  print(f'|{"-" * 52}|{"-" * 11}|{"-" * 9}|------|')
-  for what, rate, note in rows:
-    rate_text = f'{rate:9,.0f}' if rate else f'{"-":>9}'
-    # Host loads run once: their cost in epochs of training at train_rate.
-    host = rate and not what.startswith(('on-device', 'ResNet'))
-    # Streaming rows pay it every epoch: below 1 keeps the model fed.
-    epochs = f'{train_rate / rate:7.3f}' if host else f'{"":7}'
-    print(f'| {what:50} | {rate_text} | {epochs} | {note} |')
+  try:
+    rate, _ = rate_of(lambda state: stream_fn(state, next(batches))[0],
+                      state, args.train_steps, args.batch_size)
+    rows.append(('ResNet-20 train step, streamed 256px JPEG folder', rate,
+                 steps))
+  finally:
+    batches.close()
+  return rows
 
 
 if __name__ == '__main__':

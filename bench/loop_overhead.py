@@ -4,45 +4,30 @@
         [--examples 512,45000] [--image-size 8] [--steps 2000]
         [--log_every 1,10,100] [--profile]
 
-Runs the real train.train_and_evaluate (the epoch's order drawn on the
-device, batch sampling from the on-device training set, augmentation, the
-jitted step, metric fetches every log_every, the progress bar, reporting,
-the final evaluation and save) on synthetic images of --image-size pixels,
-batch 8, so that the convolutions cost little and what is left is the loop:
-with --model resnet20 the real ResNet-20 state (its 272k parameters, its
-optimizer update), with --model negligible a mean pool, BatchNorm and a
-dense layer. --examples sets the training-set size (45,000: CIFAR-10's).
-Each figure is the difference of two runs (--steps and 2x --steps, each the
-fastest of --repeats), so compilation, setup, the final evaluation and the
-save cancel out. With
-several --examples each log_every row also gives steps/s relative to the
-first. --profile adds cProfile's top host functions of a third, untimed run.
-Prints the CPU model and versions with the figures.
-
-The CPU stand-in goal of issue 30 (45,000 examples at >= 90% of the steps/s
-with 512):
-    python bench/loop_overhead.py --model resnet20 --examples 512,45000 \
-        --log_every 50
+Runs train.train_and_evaluate (epoch orders, on-device sampling and
+augmentation, the jitted step, metric fetches every log_every, progress,
+reporting, the final evaluation and save) on synthetic images of
+--image-size pixels, batch 8, so that what is left is the loop: with the
+real ResNet-20 state or a negligible model (a mean pool, BatchNorm and a
+dense layer). Each figure is the difference of a run of --steps and one of
+twice that (each the fastest of --repeats): compilation and setup cancel.
+--profile adds cProfile's top host functions of a third, untimed run.
 """
 import argparse
 import cProfile
 import io
-import os
 import pstats
-import sys
 import tempfile
 import time
 
-import flax
+import common
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_speed import cpu_model  # pylint: disable=wrong-import-position
-from gpu_throughput import VAL_EXAMPLES, train_on_synthetic  # pylint: disable=wrong-import-position
-from resnet_jax import config as config_lib  # pylint: disable=wrong-import-position
-from resnet_jax import models, train  # pylint: disable=wrong-import-position
+from gpu_throughput import VAL_EXAMPLES, train_on_synthetic
+from resnet_jax import config as config_lib
+from resnet_jax import models, train
+
 
 class Negligible(nn.Module):
   """Mean pool, BatchNorm (the train state expects batch_stats), dense."""
@@ -90,22 +75,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='negligible',
                       choices=('resnet20', 'negligible'))
-  parser.add_argument('--examples', default='512',
+  parser.add_argument('--examples', type=common.ints, default='512',
                       help='comma-separated training-set sizes')
   parser.add_argument('--image-size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=2000)
-  parser.add_argument('--log_every', default='1,10,100')
+  parser.add_argument('--log_every', type=common.ints, default='1,10,100')
   parser.add_argument('--repeats', type=int, default=2,
                       help='runs of each length; the fastest counts')
   parser.add_argument('--profile', action='store_true')
   args = parser.parse_args()
-  print(f'{cpu_model()}, {jax.device_count()} x {jax.devices()[0].platform}, '
-        f'jax {jax.__version__}, flax {flax.__version__}; model '
-        f'{args.model}, {args.image_size}x{args.image_size} images, batch 8',
-        flush=True)
-  for log_every in map(int, args.log_every.split(',')):
+  print(f'{common.header(common.environment())}\n# model {args.model}, '
+        f'{args.image_size}x{args.image_size} images, batch 8', flush=True)
+  for log_every in args.log_every:
     first = None
-    for examples in map(int, args.examples.split(',')):
+    for examples in args.examples:
       config = lambda steps, n=examples: bench_config(
           args.model, n, args.image_size, steps, log_every)
       run(config(min(args.steps, 50)))  # Warm: compile caches, imports.

@@ -12,13 +12,14 @@ each phase's end (seconds since the process started) and length, and
 process start to the end of the first step. Run it twice: the second run
 shows a warm compilation cache (resnet_jax/compile_cache.py).
 """
-import functools
-import json
-import runpy
-import sys
 import time
 
-START = time.perf_counter()
+START = time.perf_counter()  # pylint: disable=wrong-import-position
+import functools
+import runpy
+import sys
+
+import common
 TIMELINE = []
 
 
@@ -92,9 +93,8 @@ def main():
   print(f'process start to the end of the first step: {first} s; exit '
         f'{code}')
   if out:
-    with open(out, 'w') as f:
-      json.dump({'command': argv, 'timeline': TIMELINE,
-                 'first_step_done_s': first, 'exit': code}, f, indent=1)
+    common.write_json(out, {'command': argv, 'timeline': TIMELINE,
+                            'first_step_done_s': first, 'exit': code})
   sys.exit(code)
 
 

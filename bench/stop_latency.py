@@ -14,7 +14,6 @@ the seconds printed here plus a margin.
 """
 import argparse
 import json
-import os
 import random
 import re
 import signal
@@ -22,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import common
 
 STOPPED = re.compile(r'stopped by SIGTERM at step (\d+) \((\d+) after the '
                      r'signal\)')
@@ -59,14 +60,12 @@ def main():
   parser.add_argument('--json', help='rewritten after each trial')
   parser.add_argument('overrides', nargs='*', help='after --: config flags')
   args = parser.parse_args()
-  from resnet_jax import workdir  # pylint: disable=import-outside-toplevel
-  rng, rows = random.Random(args.seed), []
+  rng = random.Random(args.seed)
+  rows = common.Rows(args.json, command=' '.join(sys.argv))
   for _ in range(args.trials):
-    rows.append(trial(args.config, args.after + rng.uniform(0, args.spread),
-                      args.overrides))
+    rows.add(trial(args.config, args.after + rng.uniform(0, args.spread),
+                   args.overrides))
     print(json.dumps(rows[-1]), flush=True)
-    if args.json:
-      workdir.write_text(args.json, json.dumps(rows, indent=1))
   stopped = [r for r in rows if r['steps_after_signal'] is not None]
   if stopped:
     print(f'{len(stopped)} of {len(rows)} stopped by the signal: exit '

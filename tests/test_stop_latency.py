@@ -20,7 +20,7 @@ def test_stop_latency_reports_a_stop_within_the_step_bound(tmp_path):
        '--config.data.synthetic_examples=512', '--config.train.batch_size=16'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-  [row] = json.loads(out.read_text())
+  [row] = json.loads(out.read_text())['rows']
   assert row['returncode'] == 143 and row['stopped_at_step'] >= 1
   assert 0 <= row['steps_after_signal'] <= pacing.default_depth() + 1
   assert 0 < row['exit_s'] < 60
