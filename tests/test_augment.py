@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 from resnet_jax import config as config_lib
 from resnet_jax import inference, models, reporting, train
-from resnet_jax.data import augment
+from resnet_jax.data import augment, order
 from resnet_jax.errors import ConfigError
 
 NORMALIZATION = ([0.5] * 3, [0.25] * 3)
@@ -140,7 +140,7 @@ def test_cross_entropy_takes_soft_targets_with_label_smoothing():
 def test_each_member_draws_its_own_and_the_draws_follow_the_step():
   augmentation = augment.Augmentation(cutout_size=4, mixup_alpha=1.0)
   config = tiny_config(**{'train.num_seeds': 2})
-  _, keys = train.member_keys(config)
+  _, keys = order.member_keys(config)
   images, labels = uint8_images(), jnp.arange(8)
   draw = lambda key, step: augmentation(jax.random.fold_in(key, step), images,
                                         labels, NORMALIZATION)
