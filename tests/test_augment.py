@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from resnet_jax import config as config_lib
-from resnet_jax import inference, models, reporting, train
+from resnet_jax import inference, models, report, reporting, train
 from resnet_jax.data import augment, order
 from resnet_jax.errors import ConfigError
 
@@ -176,10 +176,10 @@ def test_a_run_with_every_augmentation_trains_and_resumes_exactly(tmp_path):
 
 
 def test_report_names_the_augmentation_when_it_is_not_the_default():
-  assert reporting.augmentation_row(tiny_config()) == ''
-  assert reporting.augmentation_row(tiny_config(**{
+  assert report.augmentation_row(tiny_config()) == ''
+  assert report.augmentation_row(tiny_config(**{
       'data.cutout_size': 16, 'train.mixup_alpha': 0.2,
       'train.cutmix_alpha': 1.0})) == (
           'crop, flip, cutout 16, mixup alpha 0.2, CutMix alpha 1')
-  assert reporting.augmentation_row(tiny_config(**{
+  assert report.augmentation_row(tiny_config(**{
       'data.random_crop': False, 'data.random_flip': False})) == 'none'

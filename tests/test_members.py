@@ -7,7 +7,7 @@ from conftest import cli_args, run_cli, snapshot, tiny_config
 from test_cli import assert_one_line_error
 from test_train import restore_params
 from resnet_jax import checkpoint, data, evaluate, inference, models, predict
-from resnet_jax import progress, reporting, train, train_state
+from resnet_jax import plots, progress, reporting, train, train_state
 from resnet_jax.data import order, stream
 from resnet_jax.errors import CheckpointError
 
@@ -208,7 +208,7 @@ def test_history_report_and_plots_carry_each_member(sweep_workdir):
   rates = [r for r in history if 'train_loss' in r][-1]
   assert rates['train_learning_rate_member0'] == pytest.approx(
       rates['train_learning_rate_member2'] / 4)  # 0.05 and 0.2.
-  assert reporting.member_keys(history, 'val_loss') == [
+  assert plots.member_keys(history, 'val_loss') == [
       f'val_loss_member{k}' for k in range(4)]
   header = (sweep_workdir / 'metrics.csv').read_text().splitlines()[0]
   assert 'train_loss_member3' in header and 'val_accuracy_std' in header
