@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import config as config_lib
-from resnet_jax import inference, models, train
+from resnet_jax import inference, models, train, train_state
 
 # Custom calls that only carry sharding annotations (no kernel).
 SHARDING_CALLS = {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}
@@ -103,7 +103,7 @@ def report(module_text: str, exported) -> dict:
 
 
 def train_inputs(examples, members, mesh, image_size=32):
-  """The in-memory step's inputs (train.EpochOrders) as shapes: the training
+  """The in-memory step's inputs (order.EpochOrders) as shapes: the training
   set, replicated, and each member's order of the epoch."""
   replicated = NamedSharding(mesh, P())
   return {
@@ -122,7 +122,7 @@ def lower_case(members, dtype, shard_members, conv_impl, platform='cuda'):
   with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
     mesh = train.create_mesh(shard_members)
     model = models.from_config(config)
-    state = jax.eval_shape(lambda: train.create_train_state(config, model,
+    state = jax.eval_shape(lambda: train_state.create_train_state(config, model,
                                                              mesh))
     train_fn = train.make_train_fn(config, mesh, ((0.5,) * 3, (0.25,) * 3))
     eval_fn = inference.make_eval_fn(((0.5,) * 3, (0.25,) * 3), mesh,

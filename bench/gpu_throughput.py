@@ -37,7 +37,7 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
   """(images/s of all members together, compile s) of the real step, fed as
   a run feeds it (train.make_inputs: the training set on the device, each
   epoch's order drawn once)."""
-  from resnet_jax import config as config_lib, data, models, train  # pylint: disable=import-outside-toplevel
+  from resnet_jax import config as config_lib, data, models, train, train_state  # pylint: disable=import-outside-toplevel
   config = train_on_synthetic(config_lib.base_config(), examples)
   config.model.num_layers, config.model.conv_impl = n, conv_impl
   config.train.batch_size, config.train.dtype = batch, dtype
@@ -45,7 +45,8 @@ def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
   config.train.member_chunk = member_chunk
   mesh = train.create_mesh()
   splits = data.load_splits(config, ('train', 'val'))
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   inputs, step, _ = train.make_inputs(
       config, splits, data.channel_stats(splits['train'].images), 0, mesh,
       streamed=False)

@@ -7,7 +7,7 @@ Rows: host loads (images/s of read + decode + resize, paid once per run;
 streaming (stream.TrainBatches, grain with data.decode_threads threads,
 paid every epoch: `epoch x` below 1 keeps the model fed; the `processes`
 row runs the same reads in grain worker processes, to show why threads
-were chosen); the on-device batch (train.sample_batch, crop, flip,
+were chosen); the on-device batch (order.sample_batch, crop, flip,
 normalize, jitted alone); the ResNet-20 train step in memory and fed by the
 streamed 256x256 JPEG folder. Nothing is downloaded: cifar10_binary is read
 from --cifar_dir when it exists, the folders are generated in a temporary
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from resnet_jax import config as config_lib
-from resnet_jax import data, models, train
+from resnet_jax import data, models, train, train_state
 from resnet_jax.data import augment, cifar10_binary, folder, order, stream, synthetic
 
 DEFAULT_CIFAR = os.path.join(os.path.dirname(common.ROOT), 'shared', 'data',
@@ -227,7 +227,7 @@ def device_rows(config, args, mesh):
 
   @jax.jit
   def pipeline(train_data, step):  # Sample, crop/flip, normalize: the step's.
-    batch = train.sample_batch(train_data, epoch_order, step, args.batch_size)
+    batch = order.sample_batch(train_data, epoch_order, step, args.batch_size)
     out = augment.random_crop_flip(jax.random.fold_in(augment_key, step),
                                    batch['image'])
     return step + 1, augment.normalize(out, *normalization), batch['label']
@@ -236,9 +236,10 @@ def device_rows(config, args, mesh):
   rows = [('on-device batch (sample+crop+flip+normalize)', rate_of(
       lambda c: pipeline(train_data, c[0]), (0,), args.pipeline_steps,
       args.batch_size, repeats=2)[0], batch)]
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   train_fn = train.make_train_fn(config, mesh, normalization)
-  inputs = train.EpochOrders(train_data, train.member_keys(config)[0],
+  inputs = order.EpochOrders(train_data, order.member_keys(config)[0],
                              args.batch_size, 0, train.member_sharding(mesh))
   steps = f'{batch}, {args.train_steps} steps'
   rate, state = rate_of(lambda state: train_fn(state, next(inputs))[0],

@@ -51,13 +51,15 @@ def main():
   argv = argv[1:] if argv[:1] == ['--'] else argv
   import jax  # pylint: disable=import-outside-toplevel
   stamp('import jax')
-  from resnet_jax import checkpoint, data, inference, reporting, train  # pylint: disable=import-outside-toplevel
+  from resnet_jax import checkpoint, data, inference, plots, train  # pylint: disable=import-outside-toplevel
+  from resnet_jax import train_state  # pylint: disable=import-outside-toplevel
   stamp('import resnet_jax')
   for module, names in ((data, ('load_splits', 'channel_stats')),
-                        (train, ('create_train_state', 'make_inputs')),
+                        (train_state, ('create_train_state',)),
+                        (train, ('make_inputs',)),
                         (checkpoint, ('restore_or_init', 'save',
                                       'wait_until_saved')),
-                        (reporting, ('plot_history', 'plot_schedule')),
+                        (plots, ('plot_history', 'plot_schedule')),
                         (inference, ('run',))):
     for name in names:
       timed(module, name)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import models, reporting
+from resnet_jax import models, plots, report, reporting
 from resnet_jax import workdir as workdir_lib
 from resnet_jax.errors import UserError, exit_with, require
 
@@ -114,9 +114,9 @@ def _last(history, key):
 
 def table_row(run: Run) -> list[str]:
   """The COLUMNS of one run, formatted."""
-  history, fmt = run.history, reporting._fmt
+  history, fmt = run.history, report._fmt
   step, steps = history[-1]['step'], run.config['train']['steps']
-  best = reporting.best_validation(history) or {}
+  best = report.best_validation(history) or {}
   train_accuracy = _last(history, 'train_accuracy')
   rates = [r['images_per_sec'] for r in history
            if r.get('images_per_sec') is not None]
@@ -152,8 +152,8 @@ def draw(runs, path: str, group: str):
   panels = {}
   for run in runs:
     panels.setdefault(run.group(group), []).append(run)
-  width, height = reporting.FIGSIZE
-  fig = Figure(figsize=(width * len(panels), height + 0.4), dpi=reporting.DPI,
+  width, height = plots.FIGSIZE
+  fig = Figure(figsize=(width * len(panels), height + 0.4), dpi=plots.DPI,
                layout='constrained')
   axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
   for ax, (title, members) in zip(axes, panels.items()):

@@ -1,9 +1,9 @@
-"""Train state, the jitted train step and the training loop.
+"""The jitted train step and the training loop.
 
 A run trains one or more members (config.members: seeds and swept learning
-rates and weight decays) together: their train states are stacked on a
-leading member axis and one jitted step vmaps the single-member `train_step`
-over them. A single run is the case of one member.
+rates and weight decays) together: their train states (train_state.py) are
+stacked on a leading member axis and one jitted step vmaps the single-member
+`train_step` over them. A single run is the case of one member.
 
 Everything random is derived from (member's seed, step): the batch order
 from the epoch, the augmentation from the step. A checkpoint therefore needs
@@ -17,87 +17,21 @@ included, in checkpoint.py.
 import functools
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax import checkpoint, cpu_conv, data, inference, models, optim
 from resnet_jax import mesh as mesh_lib
 from resnet_jax import pacing, preemption, profiling, progress, reporting
+from resnet_jax import train_state
 from resnet_jax import workdir as workdir_lib
 from resnet_jax import config as config_lib
 from resnet_jax.data import augment, folder, order, stream
 from resnet_jax.errors import ConfigError
 from resnet_jax.mesh import create_mesh, member_sharding, put_replicated
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any
-
-
-class AveragedTrainState(TrainState):
-  """A TrainState with an exponential moving average of the weights
-  (train.ema_decay > 0): ema = {'params', 'batch_stats'}. Its own class, so
-  a run without averaging keeps today's state and checkpoints exactly."""
-  ema: Any
-
-
-def ema_decay(ema_decay_max, step):
-  """The averaging decay at the train state's `step` (the steps before this
-  one, a skipped non-finite one included): the warm-up min(ema_decay, (1 + step) / (10 + step)) of TensorFlow's
-  ExponentialMovingAverage(num_updates), so that early on the average
-  follows the weights instead of sitting at their initialization."""
-  return jnp.minimum(ema_decay_max, (1.0 + step) / (10.0 + step))
-
-
-def update_ema(ema, params, batch_stats, decay):
-  """ema <- decay * ema + (1 - decay) * (params, batch_stats)."""
-  return jax.tree.map(lambda e, x: decay * e + (1.0 - decay) * x, ema,
-                      {'params': params, 'batch_stats': batch_stats})
-
-
-def create_train_state(config, model, mesh) -> TrainState:
-  """Each member's parameters and optimizer state, initialized from its seed
-  and stacked on a leading member axis, replicated on the mesh."""
-  channels = 1 if config.data.grayscale else 3
-  shape = (1, config.data.image_size, config.data.image_size, channels)
-
-  def init(seed, learning_rate, weight_decay):
-    variables = model.init(jax.random.key(seed), jnp.zeros(shape), train=False)
-    # The average starts at the initialization (its warm-up soon leaves it).
-    averaged = ({'ema': {'params': variables['params'],
-                         'batch_stats': variables['batch_stats']}}
-                if config.train.ema_decay else {})
-    state = (AveragedTrainState if averaged else TrainState).create(
-        apply_fn=model.apply, params=variables['params'],
-        batch_stats=variables['batch_stats'],
-        tx=optim.create_optimizer(config.train), **averaged)
-    return state.replace(opt_state=optim.with_hyperparams(
-        state.opt_state, learning_rate, weight_decay))
-
-  members = config_lib.members(config)
-  column = lambda key, dtype: jnp.asarray([m[key] for m in members], dtype)
-  # At -O0 XLA:CPU compiles the initializers (threefry random bits) ~10x
-  # faster, for a program that runs once; a few parameters differ from
-  # -O2's by one float32 ulp.
-  options = ({'xla_backend_optimization_level': 0}
-             if jax.default_backend() == 'cpu' else None)
-  return jax.jit(jax.vmap(init), out_shardings=member_sharding(mesh),
-                 compiler_options=options)(
-      column('seed', jnp.uint32), column('learning_rate', jnp.float32),
-      column('weight_decay', jnp.float32))
-
-
-def member_keys(config):
-  """(order keys, augmentation keys), one per member, each drawn as a single
-  run with the member's seed draws them."""
-  seeds = jnp.asarray([m['seed'] for m in config_lib.members(config)],
-                      jnp.uint32)
-  return jax.vmap(order.split_seed)(seeds)
 
 
 def train_step(state, batch, rng, *, normalization, label_smoothing,
@@ -119,10 +53,10 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, batch_stats)), grads = grad_fn(state.params)
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  if isinstance(state, AveragedTrainState):
-    updated = updated.replace(ema=update_ema(
+  if isinstance(state, train_state.AveragedTrainState):
+    updated = updated.replace(ema=train_state.update_ema(
         state.ema, updated.params, updated.batch_stats,
-        ema_decay(train_config.ema_decay, state.step)))
+        train_state.ema_decay(train_config.ema_decay, state.step)))
   # Overflow can show in the loss, the gradients, or only after the update.
   finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       (loss, grads, updated.params, updated.batch_stats))]))
@@ -141,57 +75,20 @@ def train_step(state, batch, rng, *, normalization, label_smoothing,
   return new_state, metrics
 
 
-def sample_batch(train_data, epoch_order, step, batch_size):
-  """Batch `step` of the training set, `epoch_order` its epoch's permutation."""
-  indices = order.batch_indices(epoch_order, step, batch_size)
-  return jax.tree.map(lambda x: x[indices], train_data)
-
-
-class EpochOrders:
-  """The in-memory train step's inputs, step after step from `start`: the
-  training set on the devices and each member's permutation of the step's
-  epoch, (members, examples).
-
-  A permutation sorts the whole set twice: it is drawn once per epoch, by a
-  jitted call the devices run before that epoch's first step, not in every
-  step. `start` must be the train state's step (both advance by one a step).
-  """
-
-  def __init__(self, train_data, order_keys, batch_size: int, start: int,
-               sharding):
-    num_examples = train_data['label'].shape[0]
-    self._data, self._keys = train_data, order_keys
-    self._steps_per_epoch = num_examples // batch_size
-    self._step, self._epoch, self._order = start, None, None
-    self._draw = jax.jit(jax.vmap(
-        lambda key, epoch: order.epoch_order(key, epoch, num_examples),
-        in_axes=(0, None)), out_shardings=sharding)
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    epoch = self._step // self._steps_per_epoch
-    if epoch != self._epoch:
-      self._epoch, self._order = epoch, self._draw(self._keys, epoch)
-    self._step += 1
-    return {'data': self._data, 'order': self._order}
-
-
 def make_train_fn(config, mesh, normalization, streamed=False):
   """Jitted (state, inputs[, active]) -> (state, metrics): every member
   samples its batch, augments and updates, vmapped over the member axis
   (train.member_chunk members at a time, if set).
 
-  In memory, `inputs` is an item of EpochOrders: the training set and each
+  In memory, `inputs` is an item of order.EpochOrders: the training set and each
   member's permutation of the epoch.
   `active` (members,) is False for a member frozen after diverging (with
   train.on_nonfinite=stop): its state stays, only its step advances. The
   metrics carry the next step's `active`. With `streamed`, `inputs` is the
   step's batches themselves, (members, batch, ...), built
-  by the host's loader (stream.TrainBatches) in the order sample_batch draws.
+  by the host's loader (stream.TrainBatches) in order.sample_batch's order.
   """
-  _, augment_keys = member_keys(config)
+  _, augment_keys = order.member_keys(config)
   step_fn = functools.partial(
       train_step, normalization=normalization,
       label_smoothing=config.train.label_smoothing, train_config=config.train,
@@ -202,7 +99,7 @@ def make_train_fn(config, mesh, normalization, streamed=False):
     if streamed:
       batch = inputs
     else:
-      batch = sample_batch(inputs['data'], inputs['order'], state.step,
+      batch = order.sample_batch(inputs['data'], inputs['order'], state.step,
                            config.train.batch_size)
     batch = jax.lax.with_sharding_constraint(
         batch, NamedSharding(mesh, P('data')))
@@ -309,10 +206,10 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   if streamed:
     train_inputs = stream.TrainBatches(splits['train'], config, start, mesh)
   else:
-    train_inputs = EpochOrders(
+    train_inputs = order.EpochOrders(
         put_replicated({'image': splits['train'].images,
                         'label': splits['train'].labels}, mesh),
-        member_keys(config)[0], config.train.batch_size, start,
+        order.member_keys(config)[0], config.train.batch_size, start,
         member_sharding(mesh))
   train_fn = make_train_fn(config, mesh, normalization, streamed)
   if 'val' not in splits:
@@ -362,7 +259,7 @@ def _train_and_evaluate(config, workdir, stop_at_step, restart):
   splits, normalization = load_train_val(config, streamed)
   class_names = data.class_names(config)
   model = models.from_config(config)
-  state = create_train_state(config, model, mesh)
+  state = train_state.create_train_state(config, model, mesh)
 
   if restart and (archive := checkpoint.archive_previous_run(workdir)):
     print(f'--restart: moved the previous run to {archive}')

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import tiny_config
 from resnet_jax import config as config_lib
-from resnet_jax import inference, models, reporting, train
-from resnet_jax.data import augment
+from resnet_jax import inference, models, report, reporting, train
+from resnet_jax.data import augment, order
 from resnet_jax.errors import ConfigError
 
 NORMALIZATION = ([0.5] * 3, [0.25] * 3)
@@ -140,7 +140,7 @@ def test_cross_entropy_takes_soft_targets_with_label_smoothing():
 def test_each_member_draws_its_own_and_the_draws_follow_the_step():
   augmentation = augment.Augmentation(cutout_size=4, mixup_alpha=1.0)
   config = tiny_config(**{'train.num_seeds': 2})
-  _, keys = train.member_keys(config)
+  _, keys = order.member_keys(config)
   images, labels = uint8_images(), jnp.arange(8)
   draw = lambda key, step: augmentation(jax.random.fold_in(key, step), images,
                                         labels, NORMALIZATION)
@@ -176,10 +176,10 @@ def test_a_run_with_every_augmentation_trains_and_resumes_exactly(tmp_path):
 
 
 def test_report_names_the_augmentation_when_it_is_not_the_default():
-  assert reporting.augmentation_row(tiny_config()) == ''
-  assert reporting.augmentation_row(tiny_config(**{
+  assert report.augmentation_row(tiny_config()) == ''
+  assert report.augmentation_row(tiny_config(**{
       'data.cutout_size': 16, 'train.mixup_alpha': 0.2,
       'train.cutmix_alpha': 1.0})) == (
           'crop, flip, cutout 16, mixup alpha 0.2, CutMix alpha 1')
-  assert reporting.augmentation_row(tiny_config(**{
+  assert report.augmentation_row(tiny_config(**{
       'data.random_crop': False, 'data.random_flip': False})) == 'none'

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import snapshot
-from resnet_jax import compare, reporting
+from resnet_jax import compare, report, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(REPO, 'launch', 'depth_sweep.sh')
@@ -86,18 +86,18 @@ def test_table_figures_are_the_runs_figures(swept):
   for row, name in zip(rows, WORKDIRS):
     workdir = str(root / name)
     history = reporting.read_history(workdir)
-    best = reporting.best_validation(history)
+    best = report.best_validation(history)
     evals = [r for r in history if 'val_accuracy' in r]
     trains = [r for r in history if 'train_accuracy' in r]
-    report = compare.read_report(workdir)
+    report_rows = compare.read_report(workdir)
     assert row['best val accuracy'] == f'{best["val_accuracy"]:.4f}'
     assert row['best at step'] == str(best['step'])
     assert row['final val accuracy'] == f'{evals[-1]["val_accuracy"]:.4f}'
     assert row['final train error'] == (
         f'{1 - trains[-1]["train_accuracy"]:.4f}')
     assert row['steps'] == '2' and row['epochs'] == f'{2 / 3:.1f}'
-    assert row['parameters'] == report['parameters']
-    seconds = float(report['wall time'].split()[0])
+    assert row['parameters'] == report_rows['parameters']
+    seconds = float(report_rows['wall time'].split()[0])
     assert row['wall time'] == f'{seconds / 60:.1f} min'
     rates = [r['images_per_sec'] for r in trains if r['images_per_sec']]
     assert row['images/s'] == f'{np.median(rates):.0f}'

@@ -13,7 +13,7 @@ from conftest import cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error
 from resnet_jax import api, checkpoint, evaluate, inference, models, predict
 from resnet_jax import progress
-from resnet_jax import reporting, train
+from resnet_jax import reporting, train, train_state
 from resnet_jax.errors import CheckpointError, ConfigError
 
 EMA = {'train.ema_decay': 0.9}
@@ -28,7 +28,8 @@ def test_average_after_k_steps_equals_the_formula_for_each_member():
   config = tiny_config(**EMA, **{'train.num_seeds': 2})
   mesh = train.create_mesh()
   splits, normalization = train.load_train_val(config, streamed=False)
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   inputs, train_fn, _ = train.make_inputs(config, splits, normalization, 0,
                                           mesh, streamed=False)
   expected = variables(state)  # The average starts at the initialization.
@@ -52,12 +53,12 @@ def test_average_after_k_steps_equals_the_formula_for_each_member():
 def test_off_keeps_todays_train_state_and_on_adds_one_average():
   mesh = train.create_mesh()
   off = tiny_config()
-  state = train.create_train_state(off, models.from_config(off), mesh)
-  assert type(state) is train.TrainState
+  state = train_state.create_train_state(off, models.from_config(off), mesh)
+  assert type(state) is train_state.TrainState
   assert set(flax.serialization.to_state_dict(state)) == {
       'step', 'params', 'batch_stats', 'opt_state'}
   on = tiny_config(**EMA)
-  averaged = train.create_train_state(on, models.from_config(on), mesh)
+  averaged = train_state.create_train_state(on, models.from_config(on), mesh)
   assert set(flax.serialization.to_state_dict(averaged)) == {
       'step', 'params', 'batch_stats', 'opt_state', 'ema'}
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
@@ -70,7 +71,7 @@ def test_off_keeps_todays_train_state_and_on_adds_one_average():
 
 def test_a_skipped_non_finite_step_leaves_the_average():
   config = tiny_config(**EMA, **{'train.warmup_steps': 0})
-  state = jax.tree.map(lambda x: x[0], train.create_train_state(
+  state = jax.tree.map(lambda x: x[0], train_state.create_train_state(
       config, models.from_config(config), train.create_mesh()))
   poisoned = state.replace(params=jax.tree.map(lambda p: p, state.params))
   poisoned.params['Dense_0']['bias'] = (
@@ -169,7 +170,8 @@ def test_weights_ema_without_an_average_is_one_clear_error(trained_workdir):
 def test_resuming_into_another_averaging_setting_is_refused(trained_workdir):
   config = tiny_config(**EMA)
   mesh = train.create_mesh()
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   manager = checkpoint.create_manager(str(trained_workdir), read_only=True)
   try:
     with pytest.raises(CheckpointError, match='train.ema_decay'):

@@ -7,8 +7,8 @@ from conftest import cli_args, run_cli, snapshot, tiny_config
 from test_cli import assert_one_line_error
 from test_train import restore_params
 from resnet_jax import checkpoint, data, evaluate, inference, models, predict
-from resnet_jax import progress, reporting, train
-from resnet_jax.data import stream
+from resnet_jax import plots, progress, reporting, train, train_state
+from resnet_jax.data import order, stream
 from resnet_jax.errors import CheckpointError
 
 SHORT = {'train.steps': 6, 'train.eval_every': 6}
@@ -94,7 +94,7 @@ def test_a_checkpoint_from_before_members_is_refused_untouched(tmp_path):
   # Rewrite checkpoint 3 as the code before members wrote it.
   manager = checkpoint.create_manager(old)
   mesh = train.create_mesh()
-  state = checkpoint.restore_state(manager, 3, train.create_train_state(
+  state = checkpoint.restore_state(manager, 3, train_state.create_train_state(
       config, models.from_config(config), mesh))
   meta = checkpoint.restore_meta(manager, 3, config)
   del meta['members']
@@ -208,7 +208,7 @@ def test_history_report_and_plots_carry_each_member(sweep_workdir):
   rates = [r for r in history if 'train_loss' in r][-1]
   assert rates['train_learning_rate_member0'] == pytest.approx(
       rates['train_learning_rate_member2'] / 4)  # 0.05 and 0.2.
-  assert reporting.member_keys(history, 'val_loss') == [
+  assert plots.member_keys(history, 'val_loss') == [
       f'val_loss_member{k}' for k in range(4)]
   header = (sweep_workdir / 'metrics.csv').read_text().splitlines()[0]
   assert 'train_loss_member3' in header and 'val_accuracy_std' in header
@@ -235,11 +235,11 @@ def test_member_chunks_equal_the_all_vmapped_step():
   final = {}
   for chunk in (4, 1, 3):
     config.train.member_chunk = chunk
-    state = train.create_train_state(config, models.from_config(config),
+    state = train_state.create_train_state(config, models.from_config(config),
                                      mesh)
     assert train.member_chunk_auto(config) == 1  # What 0 would be here.
     step = train.make_train_fn(config, mesh, normalization)
-    inputs = train.EpochOrders(train_data, train.member_keys(config)[0],
+    inputs = order.EpochOrders(train_data, order.member_keys(config)[0],
                                config.train.batch_size, 0,
                                train.member_sharding(mesh))
     for _ in range(3):
@@ -247,7 +247,8 @@ def test_member_chunks_equal_the_all_vmapped_step():
     final[chunk] = jax.device_get((state.params, metrics['loss']))
   # Streamed: each step's batches come from the host, sliced per chunk too.
   config.data.streaming = 'on'
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   step = train.make_train_fn(config, mesh, normalization, streamed=True)
   batches = stream.TrainBatches(stream.open_split(config, 'train'), config, 0,
                                 mesh)

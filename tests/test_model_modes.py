@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import tiny_config
 from test_train import restore_params
 from resnet_jax import api, compare, evaluate, models, optim, predict, train
+from resnet_jax import train_state
 from resnet_jax.errors import CheckpointError
 
 TINY = {'data.image_size': 8, 'train.steps': 2, 'train.warmup_steps': 0,
@@ -83,7 +84,7 @@ def test_train_step_gives_dropout_its_own_key():
     config.model.dropout = dropout
     model = models.from_config(config)
     variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3)))
-    state = train.TrainState.create(
+    state = train_state.TrainState.create(
         apply_fn=model.apply, params=variables['params'],
         batch_stats=variables['batch_stats'],
         tx=optim.create_optimizer(config.train))

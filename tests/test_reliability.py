@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, cli_args, run_cli, tiny_config
 from test_cli import assert_one_line_error, snapshot
 from test_train import restore_params
-from resnet_jax import models, pacing, reporting, train
+from resnet_jax import models, pacing, reporting, train, train_state
 from resnet_jax.workdir import LOCK_FILE
 
 
@@ -131,7 +131,7 @@ def test_non_finite_update_is_not_applied():
   model = models.from_config(config)
   # Member 0 of the stacked state: train_step is one member's step.
   state = jax.tree.map(lambda x: x[0],
-                       train.create_train_state(config, model, mesh))
+                       train_state.create_train_state(config, model, mesh))
   poisoned = state.replace(params=jax.tree.map(lambda p: p, state.params))
   poisoned.params['Dense_0']['bias'] = poisoned.params['Dense_0']['bias'].at[0].set(jnp.nan)
   batch = {'image': jax.random.randint(jax.random.key(2), (4, 16, 16, 3), 0,

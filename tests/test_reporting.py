@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from conftest import cli_args, run_cli, tiny_config
-from resnet_jax import reporting, train
+from resnet_jax import plots, reporting, train
 
-PLOT_SIZE = (640, 400)  # reporting.FIGSIZE at reporting.DPI.
+PLOT_SIZE = (640, 400)  # plots.FIGSIZE at plots.DPI.
 
 
 @pytest.fixture(scope='module')
@@ -87,7 +87,7 @@ def test_csv_has_the_columns_and_rows_of_the_jsonl(run):
 
 def test_plots_are_pngs_of_the_expected_size(run):
   workdir, _, _ = run
-  for name in reporting.PLOTS:
+  for name in plots.PLOTS:
     assert_png(workdir / 'plots' / name, PLOT_SIZE)
 
 
@@ -101,7 +101,7 @@ def test_report_names_the_best_step_and_embeds_the_plots(run):
   assert summary['num_params'] == 78042  # ResNet-8, conv shortcuts.
   assert f'| wall time | {summary["wall_time_s"]:.1f} s |' in report
   assert 'ResNet-8 (conv shortcuts)' in report and 'images/s' in report
-  for name in reporting.PLOTS:
+  for name in plots.PLOTS:
     assert f'](plots/{name})' in report
 
 
@@ -145,7 +145,7 @@ def test_a_plotting_failure_warns_and_training_goes_on(tmp_path, monkeypatch,
                                                        capsys):
   def broken(*args, **kwargs):
     raise RuntimeError('no display')
-  monkeypatch.setattr(reporting, 'plot_history', broken)
+  monkeypatch.setattr(plots, 'plot_history', broken)
   reporter = reporting.Reporter(str(tmp_path), tiny_config())
   reporter.write({'step': 6, 'epoch': 0.75, 'val_accuracy': 0.5,
                   'val_loss': 1.0})
@@ -167,6 +167,6 @@ def test_schedule_is_drawn_before_training(tmp_path):
   assert result.stdout.strip().splitlines()[-1] == str(path)
   assert_png(path, PLOT_SIZE)
   assert sorted(os.listdir(tmp_path / 'w')) == ['plots']
-  steps, rates = reporting.schedule_points(config.train)
+  steps, rates = plots.schedule_points(config.train)
   assert steps[0] == 0 and steps[-1] == 1000
   assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(1e-3)

@@ -20,7 +20,7 @@ def test_startup_timeline_names_each_phase_up_to_the_first_step(tmp_path):
   report = json.loads(out.read_text())
   phases = [row['what'] for row in report['timeline']]
   for phase in ('import jax', 'data.load_splits', 'data.channel_stats',
-                'train.create_train_state', 'first train step (trace, '
+                'train_state.create_train_state', 'first train step (trace, '
                 'compile or cache, run)', 'inference.run', 'checkpoint.save'):
     assert phase in phases, phases
   first = phases.index('first train step (trace, compile or cache, run)')

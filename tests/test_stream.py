@@ -8,7 +8,7 @@ from test_folder import corrupt, folder_config, make_folder
 from test_tfds import prepare, tfds_config
 from test_train import restore_params
 from resnet_jax import data, train
-from resnet_jax.data import stream
+from resnet_jax.data import order, stream
 from resnet_jax.errors import DataError
 
 
@@ -41,7 +41,7 @@ def test_order_is_the_in_memory_order():
   n, batch_size, seed = 37, 8, 5  # 4 steps per epoch, the remainder dropped.
   streamed = stream._EpochOrder(seed, n)  # pylint: disable=protected-access
   order_key, _ = jax.random.split(jax.random.key(seed))
-  in_memory = train.EpochOrders({'label': np.arange(n)}, order_key[None],
+  in_memory = order.EpochOrders({'label': np.arange(n)}, order_key[None],
                                 batch_size, 0,
                                 train.member_sharding(train.create_mesh()))
   for step in range(10):  # Three epochs.
@@ -50,7 +50,7 @@ def test_order_is_the_in_memory_order():
                                       n)[i * batch_size:(i + 1) * batch_size]
     inputs = next(in_memory)
     np.testing.assert_array_equal(
-        train.sample_batch(inputs['data'], inputs['order'][0], step,
+        order.sample_batch(inputs['data'], inputs['order'][0], step,
                            batch_size)['label'], expected)
     np.testing.assert_array_equal(
         stream.batch_examples(streamed, step, n // batch_size, batch_size),

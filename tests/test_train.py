@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config, cli_args, run_cli
 from resnet_jax import checkpoint, evaluate, inference, models, optim
-from resnet_jax import reporting, train
+from resnet_jax import reporting, train, train_state
 
 
 def restore_params(workdir, which='latest'):
@@ -115,7 +115,8 @@ def test_the_epoch_order_is_drawn_once_per_epoch_not_in_the_step():
   config = tiny_config(**{'train.num_seeds': 2, 'train.member_chunk': 2})
   mesh = train.create_mesh()
   splits, normalization = train.load_train_val(config, streamed=False)
-  state = train.create_train_state(config, models.from_config(config), mesh)
+  state = train_state.create_train_state(config, models.from_config(config),
+                                         mesh)
   inputs, train_fn, _ = train.make_inputs(config, splits, normalization, 3,
                                           mesh, streamed=False)
   draw, epochs = inputs._draw, []  # pylint: disable=protected-access

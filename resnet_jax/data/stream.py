@@ -1,7 +1,7 @@
 """Streams splits too large for memory from disk, with grain.
 
 A split that fits `data.max_in_memory_gb` goes whole to device memory and
-each train step samples its batch there (train.sample_batch). A larger one is
+each train step samples its batch there (order.sample_batch). A larger one is
 read here, batch by batch, through the same source Reader and the same
 validation carve as the in-memory path (data/__init__.py): reader.read(i)
 gives example i of the stored split (folder: a file, decoded with
