@@ -39,6 +39,7 @@ def test_evaluate_prints_json_result_last(trained_workdir):
   assert report['ensemble']['loss'] == pytest.approx(report['loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_train_on_cifar_binary_then_evaluate_a_test_only_folder(
     tmp_path, cifar_dir):
   folder, arrays = cifar_dir
@@ -145,6 +146,7 @@ def test_evaluate_refuses_data_with_other_class_names(tmp_path, cifar_dir):
   assert_one_line_error(result, "differ from those checkpoint 2 was trained on")
 
 
+@pytest.mark.slow
 def test_config_alone_trains_in_a_default_workdir_then_resumes_and_evaluates(
     tmp_path):
   """`--config=configs/NAME.py` alone: the workdir is runs/NAME (said on

@@ -26,6 +26,7 @@ def lowered():
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
 def test_steps_lower_with_xla_convolutions_and_no_host_code(lowered, platform):
   assert lowered['devices'] == 8

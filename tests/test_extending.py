@@ -54,6 +54,7 @@ def test_the_model_example_registers_trains_and_evaluates(tmp_path,
   assert report['accuracy'] == pytest.approx(summary['val_accuracy'])
 
 
+@pytest.mark.slow
 def test_the_data_source_example_is_one_file_and_one_line(tmp_path,
                                                           monkeypatch):
   path = tmp_path / 'brightest.py'  # resnet_jax/data/brightest.py.

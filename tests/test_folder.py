@@ -212,6 +212,7 @@ def test_skip_corrupt_lists_each_skipped_file(tmp_path, capsys):
     data.load_splits(config, ('train',))
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_a_checkpoint_on_the_test_split(tmp_path):
   """Mixed PNG/JPEG/RGBA files of odd sizes: learns; evaluate reads test/."""
   root = make_folder(tmp_path / 'images', {

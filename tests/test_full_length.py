@@ -49,6 +49,7 @@ def test_runs_trained_side_by_side_and_evaluated_both_ways(tmp_path):
     assert os.path.isdir(tmp_path / 'w' / name / 'checkpoints' / '8')
 
 
+@pytest.mark.slow
 def test_runs_past_the_limit_are_stopped_and_recorded(tmp_path):
   # Half a second: every run is stopped (SIGTERM) before its first step.
   result, report = run_script(tmp_path, '--limit=0.5', '--sequential')

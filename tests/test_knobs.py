@@ -96,6 +96,7 @@ def test_gradient_clipping_by_global_norm():
       tx.init(PARAMS)[1])
 
 
+@pytest.mark.slow
 def test_clipping_trains_resumes_and_is_not_switched_on_a_resume(tmp_path):
   short = {'train.steps': 2, 'train.eval_every': 2, 'train.warmup_steps': 0,
            'train.nesterov': False}

@@ -72,6 +72,7 @@ def test_model_in_every_mode_with_members(tmp_path, name):
       evaluate.evaluate(wider, workdir, 'latest', 'test')
 
 
+@pytest.mark.slow
 def test_train_step_gives_dropout_its_own_key():
   config = tiny_config(**{'data.image_size': 8, 'model.name': 'wrn',
                           'model.num_layers': 1})

@@ -8,6 +8,7 @@ import sys
 
 import nbclient
 import nbformat
+import pytest
 
 from conftest import REAL_DATA, REPO, require_real_data
 
@@ -32,6 +33,7 @@ def outputs(cell) -> str:
       'text/plain', '')) for o in cell.outputs)
 
 
+@pytest.mark.slow
 def test_quickstart_runs_top_to_bottom(tmp_path, monkeypatch):
   require_real_data()
   monkeypatch.setenv('JUPYTER_PATH', kernel_of_this_interpreter(tmp_path))

@@ -60,6 +60,7 @@ def records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_every_interval_rate_is_its_own_steps_rate_around_evaluations_and_saves(
     tmp_path, monkeypatch):
   """A clock that ticks one second at each step's end and jumps a minute in

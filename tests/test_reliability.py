@@ -66,6 +66,7 @@ def test_sigkill_at_random_steps_then_resume_equals_uninterrupted(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_resume_continues_there(tmp_path):
   config = tiny_config(**{'train.steps': 100000, 'train.eval_every': 100000,
                           'train.log_every': 1})
@@ -88,6 +89,7 @@ def test_sigterm_saves_the_current_step_and_resume_continues_there(tmp_path):
   assert restore_params(workdir)[0] == stopped_at + 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['truncate_array_file', 'remove_metadata'])
 def test_corrupt_checkpoint_is_skipped_on_resume_and_refused_by_evaluate(
     tmp_path, damage):
@@ -171,6 +173,7 @@ def test_divergence_can_be_skipped(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables['params']))
 
 
+@pytest.mark.slow
 def test_restart_archives_the_previous_run(tmp_path):
   workdir = tmp_path / 'w'
   train.train_and_evaluate(tiny_config(), str(workdir))

@@ -133,6 +133,7 @@ def test_latest_and_bests_survive_random_saves_reopens_and_kills(tmp_path,
   assert 'evaluated' in actions
 
 
+@pytest.mark.slow
 def test_a_failed_save_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path):
   config = tiny_config()
   workdir = str(tmp_path / 'w')

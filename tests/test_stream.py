@@ -172,6 +172,7 @@ def test_auto_counts_splits_without_reading_them(tmp_path, numbered_cifar):
   assert stream.should_stream(config)
 
 
+@pytest.mark.slow
 def test_evaluate_and_samples_stream_a_split_too_large_for_memory(tmp_path):
   """--mode=evaluate/samples on a test split over budget: read from disk in
   batches, with the in-memory metrics, confusion matrix and samples."""

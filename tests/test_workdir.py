@@ -122,6 +122,7 @@ def test_the_heartbeat_is_refreshed_while_held(tmp_path, monkeypatch):
       time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_second_run_refuses_at_once_and_the_first_goes_on(tmp_path):
   config = tiny_config(**{'train.steps': 100000, 'train.eval_every': 5,
                           'train.log_every': 1})
@@ -453,6 +454,7 @@ def straight(tmp_path_factory):
     ('append', 2, 'metrics.csv'),  # Its row.
     ('plots', 1, 'checkpoints'),  # Step 12's: best effort, then the save.
 ])
+@pytest.mark.slow
 def test_a_full_disk_on_what_a_resume_needs_is_one_line(
     tmp_path, straight, moment, count, fails):
   config = tiny_config()
