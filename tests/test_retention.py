@@ -178,7 +178,7 @@ def test_best_survives_sigterm_then_a_worse_resume(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-  stopped = int(err.strip().splitlines()[-1].split('at step ')[1].split(';')[0])
+  stopped = int(err.strip().splitlines()[-1].split('at step ')[1].split()[0])
   assert 9 <= stopped < 40
   manager = checkpoint.create_manager(workdir, read_only=True)
   first_best = checkpoint.select_step(manager, 'best')
