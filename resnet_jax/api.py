@@ -64,7 +64,8 @@ class Classifier:
     self.variables = variables
 
   def predict(self, images, flip: bool = False,
-              batch_size: int | None = None) -> np.ndarray:
+              batch_size: int | None = None,
+              translate: int = 0) -> np.ndarray:
     """Class probabilities (N, classes) of `images`.
 
     Args:
@@ -72,6 +73,8 @@ class Classifier:
         x 32 x 3), NumPy or JAX; uint8 in 0..255, or float in [0, 1].
       flip: average each image's logits with its mirror image's (the
         config's train.eval_flip, test-time augmentation).
+      translate: also average views shifted by this many pixels (the
+        config's train.eval_translate).
       batch_size: images per device call; default train.eval_batch_size,
         as --mode=evaluate.
 
@@ -86,7 +89,7 @@ class Classifier:
       raise ConfigError(f'batch_size={batch_size!r} must be an integer >= 1')
     split = data.Split(images, np.zeros(len(images), np.int32))
     _, probabilities, _ = self._restored.predict(split, int(batch_size),
-                                                 bool(flip))
+                                                 bool(flip), int(translate))
     return probabilities
 
   def __repr__(self):

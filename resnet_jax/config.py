@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluate on the mean logits of each image and its mirror image (flip
   # test-time augmentation): validation, --mode=evaluate/samples/predict.
   c.train.eval_flip = False
+  # Also average views shifted by this many pixels (airbench's translation
+  # test-time augmentation, inference.eval_step; 0: off).
+  c.train.eval_translate = 0
   # Members trained together in one vmapped step: train.num_seeds seeds
   # (seed, seed+1, ...) for every learning rate of train.sweep_learning_rates
   # and weight decay of train.sweep_weight_decays (empty: train.learning_rate
@@ -201,7 +204,8 @@ def validate(config) -> None:
               'train.log_every': 1, 'train.eval_batch_size': 1,
               'train.warmup_steps': 0, 'data.decode_threads': 0, 'seed': 0,
               'data.synthetic_seed': 0, 'train.num_seeds': 1,
-              'train.member_chunk': 0, 'data.cutout_size': 0}
+              'train.member_chunk': 0, 'data.cutout_size': 0,
+              'train.eval_translate': 0}
   for key, low in at_least.items():
     value = lookup(config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -243,6 +247,9 @@ def validate(config) -> None:
   if config.data.cutout_size > config.data.image_size:
     raise ConfigError(f'data.cutout_size={config.data.cutout_size} must not '
                       f'exceed data.image_size={config.data.image_size}')
+  if config.train.eval_translate >= config.data.image_size:
+    raise ConfigError(f'train.eval_translate={config.train.eval_translate} '
+                      f'must be below data.image_size={config.data.image_size}')
   if config.train.member_chunk and config.train.shard_members:
     raise ConfigError('train.member_chunk works without train.shard_members '
                       '(each device already trains whole members)')

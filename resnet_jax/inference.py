@@ -62,19 +62,33 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def eval_step(member, batch, *, normalization, flip=False):
+def eval_step(member, batch, *, normalization, flip=False, translate=0):
   """(sums of loss and correct predictions over the unmasked examples, logits)
   of one member.
 
-  With `flip`, the logits are the mean of the image's and its mirror's.
+  With `flip`, the logits are the mean of the image's and its mirror's. With
+  `translate` pixels, airbench's translation test-time augmentation on top:
+  half the weight on those, a quarter each on the same views of the image
+  shifted by `translate` pixels down-right and up-left (reflect-padded).
   """
   images = augment.normalize(batch['image'], *normalization)
   forward = lambda images: member.apply_fn(
       {'params': member.params, 'batch_stats': member.batch_stats}, images,
       train=False)
-  logits = forward(images)
-  if flip:
-    logits = (logits + forward(images[:, :, ::-1])) / 2
+
+  def views(images):  # The image, and with flip its mirror.
+    logits = forward(images)
+    if flip:
+      logits = (logits + forward(images[:, :, ::-1])) / 2
+    return logits
+
+  logits = views(images)
+  if translate:
+    t, (height, width) = translate, images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (t, t), (t, t), (0, 0)), mode='reflect')
+    shifted = (views(padded[:, :height, :width])
+               + views(padded[:, 2 * t:, 2 * t:])) / 2
+    logits = (logits + shifted) / 2
   loss = cross_entropy(logits, batch['label'])
   correct = jnp.argmax(logits, -1) == batch['label']
   return masked_sums(loss, correct, batch['mask']), logits
@@ -97,7 +111,7 @@ def ensemble_sums(logits, batch):
   return masked_sums(loss, correct, batch['mask']), log_mean
 
 
-def make_eval_fn(normalization, mesh, flip=False):
+def make_eval_fn(normalization, mesh, flip=False, translate=0):
   """Jitted (members, chunks) -> (sums, (probabilities, predictions)).
 
   `chunks`: {'image', 'label', 'mask'} of shape (chunks, batch, ...).
@@ -111,7 +125,8 @@ def make_eval_fn(normalization, mesh, flip=False):
   def eval_fn(members, chunks):
     def member_step(params, batch_stats, batch):
       member = members.replace(params=params, batch_stats=batch_stats)
-      return eval_step(member, batch, normalization=normalization, flip=flip)
+      return eval_step(member, batch, normalization=normalization, flip=flip,
+                       translate=translate)
 
     def body(totals, batch):
       sums, logits = jax.vmap(member_step, in_axes=(0, 0, None))(
@@ -207,10 +222,10 @@ def metrics(sums) -> dict:
 
 
 def predict_split(members: Members, split, normalization, batch_size: int,
-                  mesh, flip=False):
+                  mesh, flip=False, translate=0):
   """(metrics, probabilities (N, C), predictions (N,)) of every example."""
   sums, _, probabilities, predictions = run(
-      make_eval_fn(normalization, mesh, flip), members,
+      make_eval_fn(normalization, mesh, flip, translate), members,
       chunks(split, batch_size, mesh))
   return metrics(sums), probabilities, predictions
 
@@ -269,7 +284,7 @@ class Restored:
   meta: dict
   mesh: Any
   weights: str = 'raw'
-  # make_eval_fn per flip setting, so repeated predictions compile once.
+  # make_eval_fn per (flip, translate), so repeated predictions compile once.
   _eval_fns: dict = dataclasses.field(default_factory=dict, repr=False,
                                       compare=False)
 
@@ -278,16 +293,19 @@ class Restored:
     """The per-channel (mean, std) the checkpoint was trained with."""
     return self.meta['normalization']['mean'], self.meta['normalization']['std']
 
-  def eval_fn(self, flip: bool = False):
-    if flip not in self._eval_fns:
-      self._eval_fns[flip] = make_eval_fn(self.normalization, self.mesh, flip)
-    return self._eval_fns[flip]
+  def eval_fn(self, flip: bool = False, translate: int = 0):
+    if (flip, translate) not in self._eval_fns:
+      self._eval_fns[flip, translate] = make_eval_fn(
+          self.normalization, self.mesh, flip, translate)
+    return self._eval_fns[flip, translate]
 
-  def predict(self, split, batch_size: int, flip: bool = False):
+  def predict(self, split, batch_size: int, flip: bool = False,
+              translate: int = 0):
     """(metrics, probabilities (N, C), predictions (N,)) of every example of
     `split` (a data.Split in memory)."""
     sums, _, probabilities, predictions = run(
-        self.eval_fn(flip), self.members, chunks(split, batch_size, self.mesh))
+        self.eval_fn(flip, translate), self.members,
+        chunks(split, batch_size, self.mesh))
     return metrics(sums), probabilities, predictions
 
 

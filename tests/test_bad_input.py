@@ -43,7 +43,7 @@ INVALID_VALUES = {
     'data.random_crop': None, 'data.random_flip': None,
     'data.cutout_size': -1, 'train.mixup_alpha': -0.2,
     'train.cutmix_alpha': -1.0, 'train.ema_decay': 1.5,
-    'train.rank_by': 'best',
+    'train.rank_by': 'best', 'train.eval_translate': -1,
 }
 # data.dir and data.name only matter to the sources that read them.
 SOURCE_FOR = {'data.dir': 'cifar10_binary', 'data.name': 'tfds'}

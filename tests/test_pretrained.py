@@ -25,7 +25,7 @@ NEW_KEY_DEFAULTS = {'num_seeds': 1, 'sweep_learning_rates': [],
                     'member_chunk': 0, 'nesterov': True, 'grad_clip_norm': 0.0,
                     'ema_decay': 0.0, 'rank_by': 'ema',
                     'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
-                    'profile_steps': [0, 0]}
+                    'profile_steps': [0, 0], 'eval_translate': 0}
 RUNS = sorted(d for d in os.listdir(PRETRAINED)
               if os.path.isdir(os.path.join(PRETRAINED, d)))
 CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',

@@ -61,10 +61,12 @@ def test_evaluate_restored_checkpoint_reproduces_validation_metrics(tmp_path):
   assert evaluated['loss'] == pytest.approx(result['val_loss'], rel=1e-5)
 
 
-def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
+def test_test_time_augmentation_averages_mirrors_and_shifts(tmp_path):
   """train.eval_flip: logits are the mean over the image and its mirror, so
   they do not change when the input is mirrored; the run and --mode=evaluate
-  agree on it, and it differs from single-view evaluation."""
+  agree on it, and it differs from single-view evaluation. With
+  train.eval_translate, half that and a quarter each of the same for the
+  image shifted both ways diagonally (reflect-padded)."""
   config = tiny_config(**{'train.eval_flip': True, 'train.steps': 6})
   result = train.train_and_evaluate(config, str(tmp_path))
   evaluated = evaluate.evaluate(config, str(tmp_path), 'latest', 'val')
@@ -90,6 +92,19 @@ def test_flip_evaluation_averages_an_image_and_its_mirror(tmp_path):
   np.testing.assert_allclose(logits, (plain + plain_m) / 2, rtol=1e-5,
                              atol=1e-5)
   assert not np.allclose(plain, plain_m, rtol=1e-5, atol=1e-5)
+  _, translated = inference.eval_step(state, batch, normalization=norm,
+                                      flip=True, translate=2)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
+  shifted = [inference.eval_step(state, {**batch, 'image': view},
+                                 normalization=norm, flip=True)[1]
+             for view in (padded[:, :16, :16], padded[:, 4:, 4:])]
+  np.testing.assert_allclose(translated, logits / 2 + shifted[0] / 4
+                             + shifted[1] / 4, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(translated, logits, rtol=1e-5, atol=1e-5)
+  # --mode=evaluate takes it from the config.
+  config.train.eval_translate = 2
+  both = evaluate.evaluate(config, str(tmp_path), 'latest', 'val')
+  assert both['loss'] != pytest.approx(evaluated['loss'], rel=1e-5)
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
