@@ -2,27 +2,20 @@
 (--convs) each 3x3 convolution of ResNet-20 alone.
 
 The step: forward, cross-entropy, backward, SGD with Nesterov momentum 0.9
-and weight decay 5e-4, BN statistics update; float32, a fixed random batch.
-JAX is jitted with its state donated, its convolutions through
-resnet_jax/cpu_conv.py (`fast`, what training uses) and XLA's own (`xla`),
-its first call (trace, compile, one step) reported apart; PyTorch eager,
-channels-last, its copy of the network gpu_throughput.torch_resnet. Each
-timed JAX step ends with block_until_ready, each PyTorch one once backward
-and the optimizer step have returned; img/s = batch / the median step.
+and weight decay 5e-4, BN statistics; float32, one fixed random batch. JAX
+is jitted with its state donated, its convolutions through
+resnet_jax/cpu_conv.py (`fast`, as in training) or XLA's own (`xla`), its
+first call (trace, compile, one step) timed apart; PyTorch runs eager and
+channels-last (gpu_throughput.torch_resnet). img/s = batch / median step.
 
---convs: for each convolution shape of ResNet-20 (NHWC), the forward pass,
-the input gradient (dx) and the weight gradient (dw, as XLA builds it and
-through cpu_conv.py), each jitted alone, on XLA:CPU's Eigen route
-(cpu_conv.XLA_CPU_COMPILER_OPTIONS, what training uses) and its YNNPACK
-route (XLA's default, which takes convolutions of more than 16 channels),
-against PyTorch's forward and forward + backward (oneDNN); ms = the fastest
-of --repeats calls, GFLOP/s of one pass; the sums over the 19 convolutions.
+--convs: per convolution shape, the forward pass, the input gradient (dx)
+and the weight gradient (dw: XLA's and cpu_conv.py's), each jitted alone, on
+XLA:CPU's Eigen route (what training uses) and its YNNPACK route (XLA's
+default, which takes convolutions of more than 16 channels), against
+PyTorch's forward and forward + backward (oneDNN); the sums over the net.
 
   python bench/cpu_speed.py --tune-malloc         # all models, batch 128
-  python bench/cpu_speed.py --models resnet20 --steps 5 --no-xla
   taskset -c 1 python bench/cpu_speed.py --convs  # one core: kernels alone
-
-PyTorch is optional (pip install torch==2.13.0).
 """
 import argparse
 import functools

@@ -1,22 +1,18 @@
 """Train images/s of the real train step vs a PyTorch twin, on one device,
 and of several members in one step.
 
-JAX: the product's step (train.make_inputs, built and fed as a run does:
-on-device sampling, pad-crop-flip, normalize, forward, backward,
-SGD-Nesterov, BN update) on synthetic 32x32 data held on the device, 45,000
-training images by default (CIFAR-10's; --examples). PyTorch: the same
-network (torch_resnet below), channels-last, SGD-Nesterov, bfloat16 by
-autocast, a per-batch random crop and per-example flip on the device, eager
-and (--compile) torch.compile, one member. Steps are dispatched back to
-back and the clock stops after a device sync, as in a training loop.
-PyTorch is optional (pip install torch): JAX only without it.
+JAX: the product's step, built and fed as a run does (on-device sampling,
+pad-crop-flip, normalize, forward, backward, SGD-Nesterov, BN update), on
+synthetic 32x32 data of --examples training images held on the device.
+PyTorch (optional): the same network (torch_resnet), channels-last,
+bfloat16 by autocast, a random crop and flip on the device, eager and
+(--compile) torch.compile. Steps are dispatched back to back and the clock
+stops after a device sync, as in a training loop.
 
---members: total images/s of N members in one step (train.num_seeds) and
-the step time against one member's, per train.member_chunk (0: auto, one
-member per jitted call on the CPU backend, all at once elsewhere) and
-model.conv_impl (matmul: vmapped convolutions as batched matrix products).
-On a CPU expect about N x; the goal on a GPU is 8 members in at most 2x the
-time of one.
+--members N,...: total images/s of N members in one step (train.num_seeds)
+and the step time against one member's, per train.member_chunk and
+model.conv_impl. On a CPU expect about N x; the goal on a GPU is 8 members
+in at most 2x the time of one.
 
   python bench/gpu_throughput.py                          # the default grid
   python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 \
