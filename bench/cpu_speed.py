@@ -1,26 +1,27 @@
-"""CPU training throughput: JAX (fast conv path and plain XLA) vs PyTorch eager.
+"""CPU training speed against PyTorch: each model's whole train step, or
+(--convs) each 3x3 convolution of ResNet-20 alone.
 
-One full train step per iteration for every framework: forward, cross-entropy,
-backward, SGD with Nesterov momentum 0.9 and weight decay 5e-4, BN running
-statistics update; float32, fixed random batch. JAX steps are jitted with the
-parameters, BN statistics and optimizer state donated. The first JAX call
-(trace + XLA compile + one step) is reported apart from the steady state;
-every timed step ends with block_until_ready (JAX) or once backward and the
-optimizer step have returned (PyTorch eager).
+The step: forward, cross-entropy, backward, SGD with Nesterov momentum 0.9
+and weight decay 5e-4, BN statistics; float32, one fixed random batch. JAX
+is jitted with its state donated, its convolutions through
+resnet_jax/cpu_conv.py (`fast`, as in training) or XLA's own (`xla`), its
+first call (trace, compile, one step) timed apart; PyTorch runs eager and
+channels-last (gpu_throughput.torch_resnet). img/s = batch / median step.
 
-  python bench/cpu_speed.py                       # all models, batch 128
-  python bench/cpu_speed.py --models resnet20 --steps 5 --no-xla
-  python bench/cpu_speed.py --tune-malloc         # see --help
+--convs: per convolution shape, the forward pass, the input gradient (dx)
+and the weight gradient (dw: XLA's and cpu_conv.py's), each jitted alone, on
+XLA:CPU's Eigen route (what training uses) and its YNNPACK route (XLA's
+default, which takes convolutions of more than 16 channels), against
+PyTorch's forward and forward + backward (oneDNN); the sums over the net.
 
-PyTorch is optional (pip install torch==2.13.0); its copy of the network is
-gpu_throughput.torch_resnet.
+  python bench/cpu_speed.py --tune-malloc         # all models, batch 128
+  taskset -c 1 python bench/cpu_speed.py --convs  # one core: kernels alone
 """
 import argparse
 import functools
 import os
 import statistics
 import sys
-import time
 
 import common
 from gpu_throughput import torch_resnet, torch_sgd
@@ -28,6 +29,10 @@ from gpu_throughput import torch_resnet, torch_sgd
 # name: (num_layers n, shortcut); depth is 6n + 2.
 MODELS = {'resnet20': (3, 'conv'), 'resnet20-zeropad': (3, 'zeropad'),
           'cnn20': (3, None), 'resnet56': (9, 'conv')}
+# (input height = width, in channels, out channels, stride): the 3x3
+# convolutions of ResNet-20, with how many of each it has.
+SHAPES = {(32, 3, 16, 1): 1, (32, 16, 16, 1): 6, (32, 16, 32, 2): 1,
+          (16, 32, 32, 1): 5, (16, 32, 64, 2): 1, (8, 64, 64, 1): 5}
 # glibc returns big freed blocks to the OS, so every step of either framework
 # page-faults its activations in again (~75k faults/step for ResNet-20 here).
 MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
@@ -43,12 +48,10 @@ def parse_args():
   p.add_argument('--no-xla', action='store_true',
                  help='skip the (slow) plain-XLA JAX baseline')
   p.add_argument('--no-torch', action='store_true', help='skip PyTorch')
-  p.add_argument('--torch-format', default='both',
-                 choices=('nchw', 'channels_last', 'both'))
-  p.add_argument('--ynn-convs', action='store_true',
-                 help='keep XLA:CPU sending >16-channel convolutions to '
-                      'YNNPACK (default: jit with '
-                      'resnet_jax.cpu_conv.XLA_CPU_COMPILER_OPTIONS)')
+  p.add_argument('--convs', action='store_true',
+                 help="time ResNet-20's convolutions one at a time instead")
+  p.add_argument('--repeats', type=int, default=15,
+                 help='--convs: calls of each, the fastest counts')
   p.add_argument('--tune-malloc', action='store_true',
                  help='re-run this script with ' + ' '.join(
                      f'{k}={v}' for k, v in MALLOC_ENV.items()))
@@ -58,15 +61,6 @@ def parse_args():
     p.error(f'unknown models {",".join(unknown)}; choose from '
             f'{", ".join(MODELS)}')
   return args
-
-
-def load_torch(enabled: bool, threads: int):
-  """PyTorch with `threads` intra-op threads, or None (off or not installed)."""
-  if not enabled or not common.version('torch'):
-    return None
-  import torch  # pylint: disable=import-outside-toplevel
-  torch.set_num_threads(threads)
-  return torch
 
 
 def bench_jax(n, shortcut, conv, batch, warmup, steps, compiler_options):
@@ -104,15 +98,14 @@ def bench_jax(n, shortcut, conv, batch, warmup, steps, compiler_options):
   return first, seconds
 
 
-def bench_torch(n, shortcut, batch, warmup, steps, channels_last):
+def bench_torch(n, shortcut, batch, warmup, steps):
+  """[s of each timed step] of the PyTorch twin, channels-last."""
   import torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  model = torch_resnet(n, shortcut=shortcut).train()
-  x = torch.randn(batch, 3, 32, 32)
+  cl = torch.channels_last
+  model = torch_resnet(n, shortcut=shortcut).train().to(memory_format=cl)
+  x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=cl)
   y = torch.randint(0, 10, (batch,))
-  if channels_last:
-    model = model.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
   opt = torch_sgd(model)
 
   def step(carry):
@@ -125,29 +118,126 @@ def bench_torch(n, shortcut, batch, warmup, steps, channels_last):
                           sync=lambda carry: carry)[1]
 
 
-class OtherLoad:
-  """Share of the machine's CPU time used by other processes while timing:
-  the numbers compare only when it stays near 0 (PyTorch's OpenMP threads
-  slow down many-fold when a core is taken away)."""
+def step_rows(args, torch):
+  """One row per model: the whole step's img/s in each framework."""
+  from resnet_jax import cpu_conv  # pylint: disable=import-outside-toplevel
+  fast = cpu_conv.select_conv(cpu_conv.FAST)
+  options = cpu_conv.jit_compiler_options(cpu_conv.FAST)
+  rows = common.start_table(
+      args, 'model', 'JAX fast img/s', 'JAX XLA img/s', 'PyTorch img/s',
+      'fast / PyTorch', 'fast / XLA', 'first call s (fast / XLA)')
+  rate = lambda seconds: args.batch_size / statistics.median(seconds)
+  fmt = lambda v, spec='.0f': '-' if v is None else format(v, spec)
+  for name in args.models:
+    n, shortcut = MODELS[name]
+    r = {'model': name}
+    for key, conv in (('fast', fast), ('xla', None))[:1 + (not args.no_xla)]:
+      r[f'{key}_compile'], seconds = bench_jax(
+          n, shortcut, conv, args.batch_size, args.warmup, args.steps, options)
+      r[key] = rate(seconds)
+    if torch:
+      r['torch'] = rate(bench_torch(n, shortcut, args.batch_size,
+                                    args.warmup, args.steps))
+    print(common.table(
+        name, fmt(r['fast']), fmt(r.get('xla')), fmt(r.get('torch')),
+        fmt(torch and r['fast'] / r['torch'], '.2f'),
+        fmt(r.get('xla') and r['fast'] / r['xla'], '.2f'),
+        f"{r['fast_compile']:.1f} / {fmt(r.get('xla_compile'), '.1f')}"),
+          flush=True)
+    rows.add(r)
+  print(f'\nbatch {args.batch_size}, float32, median of {args.steps} timed '
+        f'steps after {args.warmup} warm-up steps; XLA compiler_options: '
+        f'{options}.')
 
-  def __init__(self):
-    self.start = self._read()
 
-  @staticmethod
-  def _read():
-    try:
-      with open('/proc/stat') as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-      busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf('SC_CLK_TCK')
-    except (OSError, ValueError, IndexError):
-      busy = float('nan')
-    t = os.times()
-    return time.perf_counter(), busy, t.user + t.system
+def best_ms(fn, repeats, sync=common.jax_sync):
+  """Fastest of `repeats` calls after 3 untimed ones, in ms."""
+  return 1e3 * min(common.time_loop(lambda c: fn(), None, 1, 3, repeats,
+                                    sync)[1])
 
-  def percent(self):
-    (w0, b0, own0), (w1, b1, own1) = self.start, self._read()
-    cpus = os.cpu_count() or 1
-    return max(0.0, 100 * ((b1 - b0) - (own1 - own0)) / ((w1 - w0) * cpus))
+
+def jax_conv_ms(hw, c, out, stride, batch, options, repeats):
+  """{pass: ms} of one convolution shape, each pass jitted alone."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax import lax  # pylint: disable=import-outside-toplevel
+  from resnet_jax import cpu_conv  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c))
+  w = 0.1 * jax.random.normal(jax.random.key(1), (3, 3, c, out))
+
+  def conv(x, w, impl=lax.conv_general_dilated):
+    return impl(x, w, (stride, stride), ((1, 1), (1, 1)),
+                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  g = jax.numpy.ones_like(conv(x, w))
+  fns = {
+      'fwd': lambda x, w, g: conv(x, w),
+      'dx': lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+      'dw': lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0],
+      'dw_fast': lambda x, w, g: jax.vjp(lambda w: conv(
+          x, w, cpu_conv.conv_general_dilated), w)[1](g)[0],
+  }
+  return {name: best_ms(functools.partial(jax.jit(
+      fn, compiler_options=options), x, w, g), repeats)
+          for name, fn in fns.items()}
+
+
+def torch_conv_ms(hw, c, out, stride, batch, repeats):
+  """{'fwd', 'fwd_bwd': ms} of PyTorch's convolution, channels-last."""
+  import torch  # pylint: disable=import-outside-toplevel
+  cl = torch.channels_last
+  x = torch.randn(batch, c, hw, hw).contiguous(memory_format=cl)
+  w = (0.1 * torch.randn(out, c, 3, 3)).contiguous(memory_format=cl)
+  x.requires_grad_(True)
+  w.requires_grad_(True)
+  conv = lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=1)
+  g = torch.ones_like(conv())
+
+  def forward():
+    with torch.no_grad():
+      conv()
+
+  same = lambda carry: carry  # Eager: each call has ended when it returns.
+  return {'fwd': best_ms(forward, repeats, same),
+          'fwd_bwd': best_ms(lambda: torch.autograd.grad(conv(), (x, w), g),
+                             repeats, same)}
+
+
+def conv_rows(args, torch):
+  """One row per convolution shape and XLA:CPU route; the network's sums."""
+  from resnet_jax import cpu_conv  # pylint: disable=import-outside-toplevel
+  routes = {'eigen': cpu_conv.XLA_CPU_COMPILER_OPTIONS,  # What training uses.
+            'ynn': None}  # XLA's defaults.
+  rows = common.start_table(
+      args, 'conv (HxW, in->out, stride)', 'GFLOP', 'route', 'JAX fwd',
+      'JAX dx', 'JAX dw (XLA / cpu_conv)', 'JAX fwd+dx+dw', 'PyTorch fwd',
+      'PyTorch fwd+bwd', 'JAX / PyTorch')
+  sums = dict.fromkeys([*routes, 'torch'], 0.0)
+  nan = float('nan')
+  for (hw, c, out, stride), count in SHAPES.items():
+    gflop = 2 * args.batch_size * (hw // stride) ** 2 * 9 * c * out / 1e9
+    ref = torch_conv_ms(hw, c, out, stride, args.batch_size,
+                        args.repeats) if torch else {}
+    sums['torch'] += count * ref.get('fwd_bwd', nan)
+    for route, options in routes.items():
+      t = jax_conv_ms(hw, c, out, stride, args.batch_size, options,
+                      args.repeats)
+      total = t['fwd'] + t['dx'] + min(t['dw'], t['dw_fast'])
+      sums[route] += count * total
+      print(common.table(
+          f'{hw}x{hw}, {c}->{out}, s{stride}', f'{gflop:.2f}', route,
+          f'{t["fwd"]:.2f} ({gflop / t["fwd"] * 1e3:.0f} GFLOP/s)',
+          f'{t["dx"]:.2f}', f'{t["dw"]:.2f} / {t["dw_fast"]:.2f}',
+          f'{total:.2f}', f'{ref.get("fwd", nan):.2f} '
+          f'({gflop / ref.get("fwd", nan) * 1e3:.0f} GFLOP/s)',
+          f'{ref.get("fwd_bwd", nan):.2f}',
+          f'{total / ref["fwd_bwd"]:.2f}' if ref else '-'), flush=True)
+      rows.add({'shape': [hw, c, out, stride], 'count': count, 'gflop': gflop,
+                'route': route, 'jax_ms': t, 'jax_total_ms': total,
+                'torch_ms': ref or None})
+  print('\nResNet-20, all its 3x3 convolutions once forward and backward (ms '
+        'per batch): ' + ', '.join(f'{k} {v:.1f}' for k, v in sums.items()))
+  print(f'batch {args.batch_size}, float32, ms = minimum of {args.repeats} '
+        'calls.')
 
 
 def main():
@@ -156,58 +246,15 @@ def main():
   if args.tune_malloc and not malloc_tuned:
     os.environ.update(MALLOC_ENV)  # glibc reads these at start-up: re-exec.
     os.execv(sys.executable, [sys.executable] + sys.argv)
-  from resnet_jax import cpu_conv  # pylint: disable=import-outside-toplevel
-  env = common.environment()
-  threads = env['cores']
-  fast = cpu_conv.select_conv(cpu_conv.FAST)
-  copts = None if args.ynn_convs else cpu_conv.jit_compiler_options(cpu_conv.FAST)
-  torch = load_torch(not args.no_torch, threads)
-  if not torch and not args.no_torch:
-    print('PyTorch not installed: skipping it.')
-  formats = {'nchw': [False], 'channels_last': [True],
-             'both': [False, True]}[args.torch_format]
-  rate = lambda seconds: args.batch_size / statistics.median(seconds)
-  rows = common.Rows(args.json, command=' '.join(sys.argv), environment=env)
-  for name in args.models:
-    n, shortcut = MODELS[name]
-    r, load = {'model': name}, OtherLoad()
-    for key, conv in (('fast', fast), ('xla', None))[:1 + (not args.no_xla)]:
-      print(f'{name}: JAX {key}...', flush=True)
-      r[f'{key}_compile'], seconds = bench_jax(
-          n, shortcut, conv, args.batch_size, args.warmup, args.steps, copts)
-      r[key] = rate(seconds)
-    for cl in formats if torch else []:
-      print(f'{name}: PyTorch {"channels_last" if cl else "NCHW"}...',
-            flush=True)
-      r['torch_cl' if cl else 'torch_nchw'] = rate(bench_torch(
-          n, shortcut, args.batch_size, args.warmup, args.steps, cl))
-    r['other_load'] = load.percent()
-    rows.add(r)
-
-  fmt = lambda v, spec='.0f': '-' if v is None else format(v, spec)
-  print('\n' + common.table(
-      'model', 'JAX fast img/s', 'JAX XLA img/s', 'PyTorch NCHW img/s',
-      'PyTorch channels_last img/s', 'fast / best PyTorch', 'fast / XLA',
-      'first call s, incl. compile (fast / XLA)', 'other load'))
-  print(common.table('---', 9))
-  for r in rows:
-    best = max([r[k] for k in ('torch_nchw', 'torch_cl') if k in r],
-               default=None)
-    print(common.table(
-        r['model'], fmt(r['fast']), fmt(r.get('xla')),
-        fmt(r.get('torch_nchw')), fmt(r.get('torch_cl')),
-        fmt(best and r['fast'] / best, '.2f'),
-        fmt(r.get('xla') and r['fast'] / r['xla'], '.2f'),
-        f"{fmt(r['fast_compile'], '.1f')} / {fmt(r.get('xla_compile'), '.1f')}",
-        f"{r['other_load']:.0f}%"))
-  print(f'\nbatch {args.batch_size}, float32, median of {args.steps} timed '
-        f'steps after {args.warmup} warm-up steps; img/s = batch / median step '
-        f'time.\n{common.header(env)}\n{threads} threads available '
-        f'(torch.set_num_threads({threads}); XLA uses all of them).\n'
-        'other load: CPU used by other processes while the row was timed '
-        '(shared machine; only rows near 0% are comparable).\n'
-        f'XLA compiler_options: {copts}; malloc tuning: '
-        f'{"on" if malloc_tuned else "off"}.')
+  torch = None
+  if not args.no_torch and common.version('torch'):
+    import torch  # pylint: disable=import-outside-toplevel
+    # As many intra-op threads as the cores XLA uses.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+  elif not args.no_torch:
+    print('# PyTorch is not installed: JAX only')
+  (conv_rows if args.convs else step_rows)(args, torch)
+  print(f'malloc tuning: {"on" if malloc_tuned else "off"}.')
 
 
 if __name__ == '__main__':

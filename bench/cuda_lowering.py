@@ -1,6 +1,6 @@
 """The train and eval steps a GPU run would build, lowered for CUDA here.
 
-    python bench/cuda_lowering.py [--json]
+    python bench/cuda_lowering.py [--platforms=cuda,tpu] [--json]
 
 No GPU needed: jax.export lowers a jitted function for a platform it does
 not run on. Each case builds the steps as train.py does on a GPU backend
@@ -10,13 +10,14 @@ fake CPU devices for the mesh, and reports what the StableHLO holds: the
 custom calls (a CPU-only one or a host callback would fail or stall on a
 GPU), the convolutions (how many, their element type, their feature and
 batch group counts: vmapped members make them grouped), the matrix products
-with a batch dimension, and the shardings of the inputs and of the batch. tests/test_cuda_lowering.py asserts on it.
+with a batch dimension, and (--json) the shardings of the inputs and of
+the batch. tests/test_cuda_lowering.py asserts on it.
 """
 import os
 import re
 import sys
 
-import common  # pylint: disable=unused-import  # The repository on sys.path.
+import common  # First: the repository on sys.path.
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
@@ -35,26 +36,14 @@ from resnet_jax import inference, models, train, train_state
 
 # Custom calls that only carry sharding annotations (no kernel).
 SHARDING_CALLS = {'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape'}
-CASES = [  # (name, members, dtype, shard_members, model.conv_impl)
-    ('1 member, float32', 1, 'float32', False, 'auto'),
-    ('1 member, bfloat16', 1, 'bfloat16', False, 'auto'),
-    ('4 members, float32', 4, 'float32', False, 'auto'),
-    ('8 members sharded, bfloat16', 8, 'bfloat16', True, 'auto'),
+CASES = {  # name: (members, dtype, train.shard_members, model.conv_impl)
+    '1 member, float32': (1, 'float32', False, 'auto'),
+    '1 member, bfloat16': (1, 'bfloat16', False, 'auto'),
+    '4 members, float32': (4, 'float32', False, 'auto'),
+    '8 members sharded, bfloat16': (8, 'bfloat16', True, 'auto'),
     # The members' other formulation (matmul_conv): batched matrix products.
-    ('4 members, float32, matmul', 4, 'float32', False, 'matmul'),
-]
-
-
-def case_config(members: int, dtype: str, shard_members: bool,
-                conv_impl: str = 'auto'):
-  c = config_lib.base_config()  # ResNet-20, 1x1-conv shortcuts, 32x32.
-  c.data.source = 'synthetic'
-  c.model.conv_impl = conv_impl
-  c.train.batch_size = 64
-  c.train.dtype = dtype
-  c.train.num_seeds = members
-  c.train.shard_members = shard_members
-  return c
+    '4 members, float32, matmul': (4, 'float32', False, 'matmul'),
+}
 
 
 def structs(tree, sharding):
@@ -102,22 +91,17 @@ def report(module_text: str, exported) -> dict:
   }
 
 
-def train_inputs(examples, members, mesh, image_size=32):
-  """The in-memory step's inputs (order.EpochOrders) as shapes: the training
-  set, replicated, and each member's order of the epoch."""
-  replicated = NamedSharding(mesh, P())
-  return {
-      'data': {'image': jax.ShapeDtypeStruct(
-                   (examples, image_size, image_size, 3), jnp.uint8,
-                   sharding=replicated),
-               'label': jax.ShapeDtypeStruct((examples,), jnp.int32,
-                                             sharding=replicated)},
-      'order': jax.ShapeDtypeStruct((members, examples), jnp.int32,
-                                    sharding=train.member_sharding(mesh))}
+def shapes(sharding, **arrays):
+  """{name: a ShapeDtypeStruct of (shape, dtype) with `sharding`}."""
+  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+          for name, (shape, dtype) in arrays.items()}
 
 
-def lower_case(members, dtype, shard_members, conv_impl, platform='cuda'):
-  config = case_config(members, dtype, shard_members, conv_impl)
+def lower_case(members, dtype, shard_members, conv_impl, platform):
+  config = config_lib.base_config()  # ResNet-20, 1x1-conv shortcuts, 32x32.
+  config.data.source, config.model.conv_impl = 'synthetic', conv_impl
+  config.train.batch_size, config.train.dtype = 64, dtype
+  config.train.num_seeds, config.train.shard_members = members, shard_members
   # What train.py builds when jax.default_backend() is 'gpu'.
   with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
     mesh = train.create_mesh(shard_members)
@@ -128,19 +112,20 @@ def lower_case(members, dtype, shard_members, conv_impl, platform='cuda'):
     eval_fn = inference.make_eval_fn(((0.5,) * 3, (0.25,) * 3), mesh,
                                      flip=True)
   state = structs(state, train.member_sharding(mesh))
-  active = jax.ShapeDtypeStruct((members,), jnp.bool_,
-                                sharding=NamedSharding(mesh, P()))
-  chunk = NamedSharding(mesh, P(None, 'data'))
-  eval_data = {'image': jax.ShapeDtypeStruct((2, 64, 32, 32, 3), jnp.uint8,
-                                             sharding=chunk),
-               'label': jax.ShapeDtypeStruct((2, 64), jnp.int32,
-                                             sharding=chunk),
-               'mask': jax.ShapeDtypeStruct((2, 64), jnp.bool_,
-                                            sharding=chunk)}
+  replicated = NamedSharding(mesh, P())
+  # The in-memory step's inputs (order.EpochOrders): the training set,
+  # replicated, and each member's order of the epoch.
+  inputs = {'data': shapes(replicated, image=((1024, 32, 32, 3), jnp.uint8),
+                           label=((1024,), jnp.int32)),
+            **shapes(train.member_sharding(mesh),
+                     order=((members, 1024), jnp.int32))}
+  active = jax.ShapeDtypeStruct((members,), jnp.bool_, sharding=replicated)
+  eval_data = shapes(NamedSharding(mesh, P(None, 'data')),
+                     image=((2, 64, 32, 32, 3), jnp.uint8),
+                     label=((2, 64), jnp.int32), mask=((2, 64), jnp.bool_))
   out = {}
   for name, fn, args in (
-      ('train_step', train_fn, (state, train_inputs(1024, members, mesh),
-                                active)),
+      ('train_step', train_fn, (state, inputs, active)),
       ('eval_step', eval_fn, (inference.members_of(state), eval_data))):
     exported = jax.export.export(fn, platforms=[platform])(*args)
     out[name] = report(exported.mlir_module(), exported)
@@ -150,29 +135,27 @@ def lower_case(members, dtype, shard_members, conv_impl, platform='cuda'):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--json', action='store_true', help='one JSON object')
-  parser.add_argument('--platforms', default='cuda',
+  parser.add_argument('--platforms', type=common.names, default='cuda',
                       help='comma-separated, each lowered on its own: cuda, '
                       'rocm, tpu')
   args = parser.parse_args()
   results = {'jax': jax.__version__, 'devices': jax.device_count()}
-  for platform in args.platforms.split(','):
-    results[platform] = {name: lower_case(m, d, s, impl, platform)
-                         for name, m, d, s, impl in CASES}
+  for platform in args.platforms:
+    results[platform] = {name: lower_case(*case, platform)
+                         for name, case in CASES.items()}
   if args.json:
     print(json.dumps(results))
     return
+  # The counts; --json adds the mesh, the shardings and the constraints.
   print(f'jax {results["jax"]}, {results["devices"]} fake CPU devices')
-  for platform in args.platforms.split(','):
+  for platform in args.platforms:
     for name, steps in results[platform].items():
       for step, r in steps.items():
-        shardings = sorted(set(r['arg_shardings'].values()))
         print(f'{platform} {name:28s} {step:10s} convolutions '
               f'{r["convolutions"]:3d} {r["convolution_types"]} '
               f'{r["convolution_groups"]}, batched dots '
               f'{r["batched_dots"]}, kernel calls: '
-              f'{r["kernel_calls"] or "none"}, mesh {r["mesh"]},'
-              f'\n  input shardings {shardings}'
-              f'\n  constraints {r["constraints"]}')
+              f'{r["kernel_calls"] or "none"}')
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import time
 
 import common
 from common import ROOT
-from gpu_check import TINY_DATA
+from gpu_check import TINY_DATA, main_command
 from resnet_jax import reporting
 
 MODELS = {'resnet20_zeropad': 'resnet_zeropad.py',
@@ -38,9 +38,7 @@ TINY = [*TINY_DATA, '--config.train.steps=8', '--config.train.eval_every=4',
 
 
 def command(name, workdir, extra):
-  return [sys.executable, '-m', 'resnet_jax.main',
-          f'--config={ROOT}/configs/{MODELS[name]}',
-          f'--workdir={os.path.join(workdir, name)}', *extra]
+  return main_command(MODELS[name], os.path.join(workdir, name), *extra)
 
 
 def train_all(args, extra, report, write):

@@ -6,25 +6,17 @@ measures it, writing every figure, with the command that gave it, to one JSON.
                                            # data, tiny model)
   python bench/gpu_check.py --dry-run ...  # print the plan, run nothing
 
-DIR is a cifar-10-batches-bin folder. The stages (STAGES; docs/
-gpus_and_clusters.md has their table): smoke (train float32, --mode=evaluate
-on its checkpoint, SIGKILL after the first checkpoint and resume, which must
-equal an uninterrupted twin), tests (a handful of the suite's), throughput
-(gpu_throughput.py), members (members.py), accuracy and accuracy_gpu
-(time_to_accuracy.py with the batch-128 and batch-512 recipes). Each is a
-child process with its own time limit, so one that fails or hangs is
-recorded and the others still run; the JSON is rewritten as each stage
-ends. A stage fails, and so does the check (exit 1), if its child or one of
-its checks does: a green check holds. smoke and tests ask XLA for
-deterministic GPU kernels (DETERMINISTIC): otherwise atomic accumulations
-make a resumed run differ from its twin in the last bits.
-
-The limits come from an H200's figures: a resnet_jax.main process took ~30 s
-to its first step before the compilation cache, the default grid of 8
-throughput rows 210 s, the batch-128 30-epoch run 96.5 s. Later stages find
-most programs in the compilation cache.
+DIR is a cifar-10-batches-bin folder. Each stage (STAGES; their table is in
+docs/gpus_and_clusters.md) runs its children within its own time limit, so
+one that fails or hangs is recorded and the others still run; the JSON is
+rewritten as each stage ends. A stage fails, and so does the check (exit 1),
+if a child or one of its checks does: a green check holds. The limits come
+from an H200's figures: ~30 s to a run's first step before the compilation
+cache, 210 s for gpu_throughput.py's 8 default rows, 96.5 s for the
+batch-128 30-epoch run; later stages find most programs in the cache.
 """
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -43,8 +35,6 @@ TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_bfloat16_run_learns_with_float32_state',
          'tests/test_train.py::'
          'test_evaluate_restored_checkpoint_reproduces_validation_metrics')
-
-
 # --tiny's data and model: synthetic images, a tiny ResNet (also
 # bench/full_length.py's rehearsal).
 TINY_DATA = ['--config.data.source=synthetic', '--config.data.image_size=16',
@@ -52,46 +42,46 @@ TINY_DATA = ['--config.data.source=synthetic', '--config.data.image_size=16',
              '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
              '--config.train.batch_size=16',
              '--config.train.eval_batch_size=20']
+# The members stage's grid (gpu_throughput.py): 1 and N members, all vmapped
+# (grouped convolutions), one per call, and all vmapped as batched matrix
+# products (model.conv_impl=matmul); no PyTorch, which trains one member.
+MEMBERS = ['--member_chunk', '0,1', '--conv_impl', 'auto,matmul', '--no-torch']
+# For the stages that compare runs bit for bit: XLA's deterministic GPU
+# kernels (no effect on a CPU); otherwise atomic accumulations make a resumed
+# run differ from its twin in the last bits.
+DETERMINISTIC = '--xla_gpu_deterministic_ops=true'
 
 
 def stage_args(args):
   """Per-stage settings: the real ones, or --tiny's (synthetic, seconds)."""
   if args.tiny:
+    speed = ['--models', 'resnet8', '--batch-sizes', '16', '--dtypes',
+             'float32', '--steps', '2', '--warmup', '1', '--examples', '128']
     return dict(data=TINY_DATA, steps=8, eval_every=4, warmup=2, target=0.0,
-                throughput=['--models', 'resnet8', '--batch-sizes', '16',
-                            '--dtypes', 'float32', '--steps', '2',
-                            '--warmup', '1', '--examples', '128'],
-                members=['--model', 'resnet8', '--batch-size', '16',
-                         '--members', '1,2', '--member_chunk', '0,1',
-                         '--conv_impl', 'auto,matmul', '--steps', '2', '--warmup', '1', '--examples', '128'],
+                throughput=speed,
+                members=[*speed, '--members', '1,2', *MEMBERS],
                 accuracy=['--config.train.steps=8',
                           '--config.train.eval_every=4',
                           '--config.train.warmup_steps=2'])
-  data = ['--config.data.source=cifar10_binary',
-          f'--config.data.dir={os.path.abspath(args.data)}']
-  return dict(data=data, steps=600, eval_every=200, warmup=100, target=0.9125,
+  return dict(data=['--config.data.source=cifar10_binary',
+                    f'--config.data.dir={os.path.abspath(args.data)}'],
+              steps=600, eval_every=200, warmup=100, target=0.9125,
               throughput=['--models', 'resnet20', '--batch-sizes', '128,512',
                           '--dtypes', 'float32,bfloat16', '--steps', '30',
                           '--warmup', '3'],
-              # All 8 vmapped (grouped convolutions), one per call, and all
-              # vmapped as batched matrix products (model.conv_impl=matmul).
-              members=['--members', '1,8', '--member_chunk', '0,1',
-                       '--conv_impl', 'auto,matmul', '--steps', '20',
-                       '--warmup', '3'],
+              members=['--models', 'resnet20', '--batch-sizes', '128',
+                       '--dtypes', 'float32', '--steps', '20', '--warmup', '3',
+                       '--members', '1,8', *MEMBERS],
               accuracy=[])
 
 
-# For the stages that compare runs bit for bit: XLA's deterministic GPU
-# kernels (no effect on a CPU).
-DETERMINISTIC = '--xla_gpu_deterministic_ops=true'
+class StageFailed(RuntimeError):
+  """A stage's child or one of its checks failed; `entry` keeps what it
+  measured (figures, commands)."""
 
-
-class ChecksFailed(RuntimeError):
-  """A stage ran but some of its checks failed; its figures are kept."""
-
-  def __init__(self, failed, figures, commands):
-    super().__init__(f'failed checks: {", ".join(failed)}')
-    self.figures, self.commands = figures, commands
+  def __init__(self, error, **entry):
+    super().__init__(error)
+    self.entry = entry
 
 
 def deterministic_env():
@@ -118,42 +108,41 @@ def run(command, deadline, env=None):
   return result.stdout
 
 
-def smoke(args, s, scratch, deadline):
+def last_validation(workdir):
+  return [r for r in reporting.read_history(workdir) if 'val_accuracy' in r][-1]
+
+
+def smoke(s, scratch, deadline):
+  """Train float32, evaluate its checkpoint, and kill and resume a twin."""
   run_flags = [*s['data'], f'--config.train.steps={s["steps"]}',
-            f'--config.train.eval_every={s["eval_every"]}',
-            f'--config.train.warmup_steps={s["warmup"]}']
-  figures, commands = {}, {}
+               f'--config.train.eval_every={s["eval_every"]}',
+               f'--config.train.warmup_steps={s["warmup"]}',
+               '--config.train.dtype=float32']
   env = deterministic_env()
-  for dtype in ('float32',):
-    workdir = os.path.join(scratch, f'smoke_{dtype}')
-    train = main_command('resnet_conv.py', workdir, *run_flags,
-                         f'--config.train.dtype={dtype}')
-    start = time.perf_counter()
-    run(train, deadline, env)
-    history = reporting.read_history(workdir)
-    final = [r for r in history if 'val_accuracy' in r][-1]
-    rates = [r['images_per_sec'] for r in history if r.get('images_per_sec')]
-    figures[dtype] = {'val_accuracy': final['val_accuracy'],
-                      'val_loss': final['val_loss'],
-                      'seconds': time.perf_counter() - start,
-                      'images_per_sec_last': rates[-1] if rates else None}
-    commands[dtype] = shlex.join(train)
-  # --mode=evaluate on the restored float32 checkpoint reproduces the run's
-  # last validation figures.
-  evaluate = main_command('resnet_conv.py', os.path.join(scratch,
-                                                         'smoke_float32'),
-                          *run_flags, '--mode=evaluate', '--split=val',
+  workdir = os.path.join(scratch, 'smoke_float32')
+  train = main_command('resnet_conv.py', workdir, *run_flags)
+  start = time.perf_counter()
+  run(train, deadline, env)
+  final = last_validation(workdir)
+  rates = [r['images_per_sec'] for r in reporting.read_history(workdir)
+           if r.get('images_per_sec')]
+  trained = {'val_accuracy': final['val_accuracy'],
+             'val_loss': final['val_loss'],
+             'seconds': time.perf_counter() - start,
+             'images_per_sec_last': rates[-1] if rates else None}
+  # --mode=evaluate on the restored checkpoint reproduces the run's last
+  # validation figures.
+  evaluate = main_command('resnet_conv.py', workdir, *run_flags,
+                          '--mode=evaluate', '--split=val',
                           '--checkpoint=latest')
   result = last_json(run(evaluate, deadline, env))
-  figures['evaluate'] = {'val_accuracy': result['accuracy'],
-                         'val_loss': result['loss']}
-  commands['evaluate'] = shlex.join(evaluate)
+  evaluated = {'val_accuracy': result['accuracy'], 'val_loss': result['loss']}
   # Kill and resume: SIGKILL (no chance to save) once the first checkpoint is
   # on disk, rerun the same command, compare with the uninterrupted run.
   workdir = os.path.join(scratch, 'smoke_killed')
-  train = main_command('resnet_conv.py', workdir, *run_flags,
-                       '--config.train.dtype=float32')
-  child = subprocess.Popen(train, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+  killed = main_command('resnet_conv.py', workdir, *run_flags)
+  child = subprocess.Popen(killed, cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
   first = os.path.join(workdir, 'checkpoints', str(s['eval_every']))
   while (not os.path.isdir(first) and child.poll() is None
@@ -165,19 +154,18 @@ def smoke(args, s, scratch, deadline):
   killed_mid_run = child.poll() is None
   child.kill()  # SIGKILL
   child.wait()
-  run(train, deadline, env)
-  resumed = [r for r in reporting.read_history(workdir)
-             if 'val_accuracy' in r][-1]
-  figures['kill_resume'] = {
-      'killed_mid_run': killed_mid_run,
-      'checkpoint_before_kill': checkpoint_before_kill,
-      'val_accuracy': resumed['val_accuracy'], 'val_loss': resumed['val_loss'],
-      'equals_uninterrupted': all(resumed[k] == figures['float32'][k]
-                                  for k in ('val_accuracy', 'val_loss'))}
-  commands['kill_resume'] = [shlex.join(train) + '  # SIGKILL, then again']
-  commands['XLA_FLAGS'] = env['XLA_FLAGS']
-  kill = figures['kill_resume']
-  evaluated, trained = figures['evaluate'], figures['float32']
+  run(killed, deadline, env)
+  resumed = last_validation(workdir)
+  kill = {'killed_mid_run': killed_mid_run,
+          'checkpoint_before_kill': checkpoint_before_kill,
+          'val_accuracy': resumed['val_accuracy'],
+          'val_loss': resumed['val_loss'],
+          'equals_uninterrupted': all(resumed[k] == trained[k]
+                                      for k in ('val_accuracy', 'val_loss'))}
+  figures = {'float32': trained, 'evaluate': evaluated, 'kill_resume': kill}
+  commands = {'float32': shlex.join(train), 'evaluate': shlex.join(evaluate),
+              'kill_resume': [shlex.join(killed) + '  # SIGKILL, then again'],
+              'XLA_FLAGS': env['XLA_FLAGS']}
   checks = {
       # As tests/test_train.py's: the same program on the same checkpoint.
       'evaluate_reproduces': (
@@ -186,57 +174,44 @@ def smoke(args, s, scratch, deadline):
           <= 1e-5 * abs(trained['val_loss'])),
       # A run that ended before the kill, or was killed before its first
       # checkpoint, proves nothing about resuming.
-      'killed_mid_run': kill['killed_mid_run'],
-      'checkpoint_before_kill': kill['checkpoint_before_kill'],
+      'killed_mid_run': killed_mid_run,
+      'checkpoint_before_kill': checkpoint_before_kill,
       'equals_uninterrupted': kill['equals_uninterrupted']}
   if failed := [name for name, held in checks.items() if not held]:
-    raise ChecksFailed(failed, figures, commands)
+    raise StageFailed(f'failed checks: {", ".join(failed)}', figures=figures,
+                      commands=commands)
   return figures, commands
 
 
-def tests(args, s, scratch, deadline):
+def tests(s, scratch, deadline):
   # -n 0: one process; xdist's workers would each preallocate GPU memory.
   command = [sys.executable, '-m', 'pytest', '-q', '-n', '0', '-p',
              'no:cacheprovider', *TESTS]
-  # A failing test fails the stage: run() raises with pytest's last lines.
   env = deterministic_env()
+  # A failing test fails the stage: run() raises with pytest's last lines.
   out = run(command, deadline, env)
   return {'summary': out.strip().splitlines()[-1]}, {
       'tests': shlex.join(command), 'XLA_FLAGS': env['XLA_FLAGS']}
 
 
-class PartialRows(RuntimeError):
-  """A benchmark stopped midway; `rows` are those it had written."""
-
-  def __init__(self, error, rows):
-    super().__init__(f'{error}; {len(rows)} rows written before it')
-    self.rows = rows
-
-
-def rows_of(script, name, extra, scratch, deadline):
-  """Runs a benchmark that writes its JSON row by row; its rows and command.
-  A failure or timeout still returns the rows written (PartialRows)."""
+def rows_of(name, s, scratch, deadline,
+            script=os.path.join(BENCH, 'gpu_throughput.py')):
+  """Runs a benchmark that writes its JSON row by row, with s[name] as its
+  arguments; its rows and command. A failure or timeout keeps the rows
+  written before it."""
   path = os.path.join(scratch, f'{name}.json')
-  command = [sys.executable, os.path.join(BENCH, script), *extra,
-             f'--json={path}']
+  command = [sys.executable, script, *s[name], f'--json={path}']
   read_rows = lambda: json.load(open(path))['rows'] if os.path.exists(path) else []  # pylint: disable=consider-using-with
   try:
     run(command, deadline)
   except (RuntimeError, subprocess.TimeoutExpired) as e:
-    raise PartialRows(f'{type(e).__name__}: {e}', read_rows()) from None
+    rows = read_rows()
+    raise StageFailed(f'{type(e).__name__}: {e}; {len(rows)} rows written '
+                      'before it', figures={'rows': rows}) from None
   return {'rows': read_rows()}, {name: shlex.join(command)}
 
 
-def throughput(args, s, scratch, deadline):
-  return rows_of('gpu_throughput.py', 'throughput', s['throughput'], scratch,
-                 deadline)
-
-
-def members(args, s, scratch, deadline):
-  return rows_of('members.py', 'members', s['members'], scratch, deadline)
-
-
-def time_to_accuracy(config, name, args, s, scratch, deadline):
+def time_to_accuracy(config, name, s, scratch, deadline):
   command = [sys.executable, os.path.join(BENCH, 'time_to_accuracy.py'),
              f'--target={s["target"]}',
              f'--workdir={os.path.join(scratch, name)}', '--',
@@ -244,20 +219,15 @@ def time_to_accuracy(config, name, args, s, scratch, deadline):
   return last_json(run(command, deadline)), {name: shlex.join(command)}
 
 
-def accuracy(args, s, scratch, deadline):
-  return time_to_accuracy('resnet_conv_fast.py', 'accuracy', args, s, scratch,
-                          deadline)
-
-
-def accuracy_gpu(args, s, scratch, deadline):
-  return time_to_accuracy('resnet_conv_gpu.py', 'accuracy_gpu', args, s,
-                          scratch, deadline)
-
-
-# Time limits in seconds: 6 minutes in all.
-STAGES = {'smoke': (smoke, 95), 'tests': (tests, 40),
-          'throughput': (throughput, 70), 'members': (members, 60),
-          'accuracy': (accuracy, 60), 'accuracy_gpu': (accuracy_gpu, 35)}
+# (the stage's function, its time limit in seconds): 6 minutes in all.
+STAGES = {
+    'smoke': (smoke, 95), 'tests': (tests, 40),
+    'throughput': (functools.partial(rows_of, 'throughput'), 70),
+    'members': (functools.partial(rows_of, 'members'), 60),
+    'accuracy': (functools.partial(time_to_accuracy, 'resnet_conv_fast.py',
+                                   'accuracy'), 60),
+    'accuracy_gpu': (functools.partial(time_to_accuracy, 'resnet_conv_gpu.py',
+                                       'accuracy_gpu'), 35)}
 
 
 def main():
@@ -292,16 +262,13 @@ def main():
       fn, limit = STAGES[name]
       start = time.perf_counter()
       try:
-        figures, commands = fn(args, stage_args(args), scratch,
+        figures, commands = fn(stage_args(args), scratch,
                                time.time() + limit * args.time_scale)
         entry = {'ok': True, 'figures': figures, 'commands': commands}
       except (RuntimeError, subprocess.TimeoutExpired, OSError,
               ValueError) as e:
-        entry = {'ok': False, 'error': f'{type(e).__name__}: {e}'}
-        if isinstance(e, PartialRows):
-          entry['figures'] = {'rows': e.rows}
-        if isinstance(e, ChecksFailed):
-          entry.update(figures=e.figures, commands=e.commands)
+        entry = {'ok': False, 'error': f'{type(e).__name__}: {e}',
+                 **getattr(e, 'entry', {})}
       entry['seconds'] = round(time.perf_counter() - start, 1)
       report['stages'][name] = entry
       print(f'{name}: {"ok" if entry["ok"] else entry["error"]} '

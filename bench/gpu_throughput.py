@@ -1,19 +1,25 @@
-"""Train images/s of the real train step vs a PyTorch twin, on one device.
+"""Train images/s of the real train step vs a PyTorch twin, on one device,
+and of several members in one step.
 
-JAX: resnet_jax.train.make_train_fn, the product's jitted step (on-device
-batch sampling, pad-crop-flip, normalize, forward, backward, SGD-Nesterov,
-BN update), on synthetic 32x32 data held on the device, 45,000 training
-images by default (CIFAR-10's; --examples), each epoch's order drawn once
-as in a run. PyTorch: the same network (torch_resnet below), channels-last,
-SGD-Nesterov, bfloat16 by autocast, a per-batch random crop and per-example
-flip on the device, eager and (with --compile) torch.compile. Steps are
-dispatched back to back and the clock stops after a device sync, as in a
-training loop. PyTorch is optional (pip install torch): JAX only without it.
+JAX: the product's step, built and fed as a run does (on-device sampling,
+pad-crop-flip, normalize, forward, backward, SGD-Nesterov, BN update), on
+synthetic 32x32 data of --examples training images held on the device.
+PyTorch (optional): the same network (torch_resnet), channels-last,
+bfloat16 by autocast, a random crop and flip on the device, eager and
+(--compile) torch.compile. Steps are dispatched back to back and the clock
+stops after a device sync, as in a training loop.
 
-  python bench/gpu_throughput.py                          # the issue's grid
-  python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 --steps 3
+--members N,...: total images/s of N members in one step (train.num_seeds)
+and the step time against one member's, per train.member_chunk and
+model.conv_impl. On a CPU expect about N x; the goal on a GPU is 8 members
+in at most 2x the time of one.
+
+  python bench/gpu_throughput.py                          # the default grid
+  python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 \
+      --dtypes float32 --members 1,8 --member_chunk 0,1 --conv_impl auto,matmul
 """
 import argparse
+import itertools
 
 import common
 
@@ -32,34 +38,27 @@ def train_on_synthetic(config, examples: int):
   return config
 
 
-def bench_jax(n, batch, dtype, steps, warmup, num_seeds=1, member_chunk=0,
-              examples=EXAMPLES, conv_impl='auto'):
-  """(images/s of all members together, compile s) of the real step, fed as
-  a run feeds it (train.make_inputs: the training set on the device, each
-  epoch's order drawn once)."""
-  from resnet_jax import config as config_lib, data, models, train, train_state  # pylint: disable=import-outside-toplevel
-  config = train_on_synthetic(config_lib.base_config(), examples)
-  config.model.num_layers, config.model.conv_impl = n, conv_impl
-  config.train.batch_size, config.train.dtype = batch, dtype
-  config.train.num_seeds = num_seeds
-  config.train.member_chunk = member_chunk
+def step_rate(config, steps, warmup):
+  """(images/s of all members together, first call s) of the real step,
+  built and fed as a run does (train.load_train_val, train.make_inputs: in
+  memory, the training set on the device and each epoch's order drawn once;
+  or streamed batches)."""
+  from resnet_jax import models, train, train_state  # pylint: disable=import-outside-toplevel
+  from resnet_jax.data import stream  # pylint: disable=import-outside-toplevel
+  streamed = stream.should_stream(config)
   mesh = train.create_mesh()
-  splits = data.load_splits(config, ('train', 'val'))
+  splits, normalization = train.load_train_val(config, streamed)
   state = train_state.create_train_state(config, models.from_config(config),
                                          mesh)
-  inputs, step, _ = train.make_inputs(
-      config, splits, data.channel_stats(splits['train'].images), 0, mesh,
-      streamed=False)
-  compile_s, [seconds], _ = common.time_loop(
-      lambda state: step(state, next(inputs))[0], state, steps, warmup)
-  return num_seeds * batch / seconds, compile_s
-
-
-def add_feed_args(parser):
-  parser.add_argument('--examples', type=int, default=EXAMPLES,
-                      help='training-set size the JAX step samples from '
-                      '(1024: the old 8 batches of 128)')
-  common.add_json(parser)
+  inputs, step, _ = train.make_inputs(config, splits, normalization, 0, mesh,
+                                      streamed)
+  try:
+    first, [seconds], _ = common.time_loop(
+        lambda state: step(state, next(inputs))[0], state, steps, warmup)
+  finally:
+    if streamed:
+      inputs.close()
+  return config.train.num_seeds * config.train.batch_size / seconds, first
 
 
 def torch_resnet(num_layers, num_classes=10, shortcut='conv'):
@@ -154,35 +153,71 @@ def bench_torch(n, batch, dtype, steps, warmup, compile_model):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--models', type=common.names, default='resnet20,resnet56')
-  p.add_argument('--batch-sizes', type=common.ints, default='128,512')
+  p.add_argument('--models', type=common.names, default='resnet20,resnet56',
+                 help=f'comma-separated, of {",".join(DEPTH)}')
+  p.add_argument('--batch-sizes', type=common.ints, default='128,512',
+                 help='per member')
   p.add_argument('--dtypes', type=common.names, default='float32,bfloat16')
+  p.add_argument('--members', type=common.ints, default='1',
+                 help='comma-separated member counts (train.num_seeds)')
+  p.add_argument('--member_chunk', type=common.ints, default='0',
+                 help='train.member_chunk, comma-separated to compare: members '
+                 'vmapped at a time (0: auto; 1: one member per jitted call, '
+                 'no grouped convolutions)')
+  p.add_argument('--conv_impl', type=common.names, default='auto',
+                 help='model.conv_impl, comma-separated to compare (auto: '
+                 "XLA's convolutions off the CPU; matmul: batched matrix "
+                 'products when vmapped)')
   common.add_steps(p, steps=100, warmup=10)
+  p.add_argument('--examples', type=int, default=EXAMPLES,
+                 help='training-set size the JAX step samples from '
+                 '(1024: the old 8 batches of 128)')
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--compile', action='store_true', help='also torch.compile')
-  add_feed_args(p)
+  common.add_json(p)
   args = p.parse_args()
-  if not common.version('torch'):
+  if not args.no_torch and not common.version('torch'):
     print('# PyTorch is not installed: JAX only')
     args.no_torch = True
-  rows = common.start_table(args, 'model', 'batch', 'dtype', 'JAX img/s',
-                            'JAX compile s', 'PyTorch img/s', 'JAX / PyTorch')
-  for name in args.models:
-    for batch in args.batch_sizes:
-      for dtype in args.dtypes:
-        rate, compile_s = bench_jax(DEPTH[name], batch, dtype, args.steps,
-                                    args.warmup, examples=args.examples)
-        torch_rate = None if args.no_torch else max(
-            bench_torch(DEPTH[name], batch, dtype, args.steps, args.warmup, c)
-            for c in ((False, True) if args.compile else (False,)))
-        print(common.table(
-            name, batch, dtype, f'{rate:,.0f}', f'{compile_s:.1f}',
-            f'{torch_rate:,.0f}' if torch_rate else '-',
-            f'{rate / torch_rate:.2f}' if torch_rate else '-'), flush=True)
-        rows.add({'model': name, 'batch': batch, 'dtype': dtype,
-                  'examples': args.examples, 'jax_images_per_sec': rate,
-                  'jax_compile_s': compile_s,
-                  'torch_images_per_sec': torch_rate})
+  from resnet_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
+  auto = train.member_chunk_auto(config_lib.base_config()) or 'all'
+  print(f'# member_chunk 0 is auto: {auto} on this backend')
+  rows = common.start_table(
+      args, 'model', 'batch', 'dtype', 'conv_impl', 'members', 'member_chunk',
+      'JAX img/s', 'step ms', 'step vs 1 member', 'JAX compile s',
+      'PyTorch img/s', 'JAX / PyTorch')
+  for name, batch, dtype in itertools.product(args.models, args.batch_sizes,
+                                              args.dtypes):
+    torch_rate = None if args.no_torch else max(
+        bench_torch(DEPTH[name], batch, dtype, args.steps, args.warmup, c)
+        for c in ((False, True) if args.compile else (False,)))
+    one_step = None  # One member of the first conv_impl: the base.
+    for index, impl in enumerate(args.conv_impl):
+      for count in args.members:
+        # One member is one program whatever the chunk: timed once. Past the
+        # first conv_impl, chunks of one member (nothing vmapped, so nothing
+        # for a formulation of members to change) are skipped.
+        for chunk in args.member_chunk[:1] if count == 1 else [
+            c for c in args.member_chunk if not (index and c == 1)]:
+          config = train_on_synthetic(config_lib.base_config(), args.examples)
+          config.model.num_layers, config.model.conv_impl = DEPTH[name], impl
+          config.train.batch_size, config.train.dtype = batch, dtype
+          config.train.num_seeds, config.train.member_chunk = count, chunk
+          rate, compile_s = step_rate(config, args.steps, args.warmup)
+          step_ms = 1000 * count * batch / rate
+          one_step = one_step or (step_ms if count == 1 else None)
+          # PyTorch trains one member: set beside one-member rows alone.
+          versus = torch_rate if count == 1 else None
+          print(common.table(
+              name, batch, dtype, impl, count, chunk, f'{rate:,.0f}',
+              f'{step_ms:.1f}', f'{step_ms / one_step:.2f}x' if one_step
+              else '-', f'{compile_s:.1f}', f'{versus:,.0f}' if versus else '-',
+              f'{rate / versus:.2f}' if versus else '-'), flush=True)
+          rows.add({'model': name, 'batch': batch, 'dtype': dtype,
+                    'conv_impl': impl, 'members': count, 'member_chunk': chunk,
+                    'examples': args.examples, 'jax_images_per_sec': rate,
+                    'jax_compile_s': compile_s, 'step_ms': step_ms,
+                    'torch_images_per_sec': versus})
 
 
 if __name__ == '__main__':

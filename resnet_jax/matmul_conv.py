@@ -9,9 +9,9 @@ patches, the same layer vmaps to a batched matrix product (member = batch
 dimension), the kind of kernel a GPU runs well, and its gradients are
 batched matrix products, slices and pads. The price: the patches are k*k
 copies of the input (memory traffic, and memory if XLA keeps them for the
-backward pass). Whether it pays is a GPU measurement (bench/members.py
---conv_impl auto,matmul); the lowering is checked without one
-(bench/cuda_lowering.py).
+backward pass). Whether it pays is a GPU measurement
+(bench/gpu_throughput.py --members 1,8 --conv_impl auto,matmul); the
+lowering is checked without one (bench/cuda_lowering.py).
 
 The same mathematics as `lax.conv_general_dilated` for NHWC inputs, HWIO
 kernels, explicit or string padding and strides; anything else (dilation,

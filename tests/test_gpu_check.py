@@ -46,15 +46,17 @@ def test_tiny_speed_stages_write_figures_with_their_command(tmp_path):
   (row,) = stage['figures']['rows']
   assert row['model'] == 'resnet8' and row['batch'] == 16
   assert row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
+  assert (row['members'], row['conv_impl']) == (1, 'auto')
   stage = report['stages']['members']
-  assert stage['ok'] and 'members.py' in stage['commands']['members']
+  assert stage['ok'] and '--members 1,2' in stage['commands']['members']
   # Both formulations of members: grouped convolutions (auto) and batched
   # matrix products (matmul); the one-member-per-call chunk once.
+  rows = stage['figures']['rows']
   assert [(row['members'], row['member_chunk'], row['conv_impl'])
-          for row in stage['figures']['rows']] == [
-              (1, 0, 'auto'), (2, 0, 'auto'), (2, 1, 'auto'),
-              (1, 0, 'matmul'), (2, 0, 'matmul')]
-  assert all(row['images_per_sec'] > 0 for row in stage['figures']['rows'])
+          for row in rows] == [(1, 0, 'auto'), (2, 0, 'auto'), (2, 1, 'auto'),
+                               (1, 0, 'matmul'), (2, 0, 'matmul')]
+  assert all(row['jax_images_per_sec'] > 0 and row['step_ms'] > 0
+             and row['torch_images_per_sec'] is None for row in rows)
 
 
 def import_check():
@@ -100,11 +102,11 @@ def test_a_resume_that_differs_fails_the_smoke_stage(tmp_path, monkeypatch):
 
   monkeypatch.setattr(gpu_check, 'main_command', reseeded)
   args = argparse.Namespace(tiny=True)
-  with pytest.raises(gpu_check.ChecksFailed,
+  with pytest.raises(gpu_check.StageFailed,
                      match='failed checks: equals_uninterrupted$') as failed:
-    gpu_check.smoke(args, gpu_check.stage_args(args), str(tmp_path),
+    gpu_check.smoke(gpu_check.stage_args(args), str(tmp_path),
                     time.time() + 600)
-  kill = failed.value.figures['kill_resume']
+  kill = failed.value.entry['figures']['kill_resume']
   assert kill['killed_mid_run'] and kill['checkpoint_before_kill']
   assert not kill['equals_uninterrupted']
 
@@ -118,7 +120,8 @@ def test_a_benchmark_out_of_time_keeps_the_rows_it_wrote(tmp_path):
                     'json.dump({"rows": [{"images_per_sec": 1.0}]}, '
                     'open(path, "w"))\n'
                     'time.sleep(60)\n')
-  with pytest.raises(gpu_check.PartialRows) as stopped:
-    gpu_check.rows_of(str(script), 'hangs', [], str(tmp_path), time.time() + 3)
-  assert stopped.value.rows == [{'images_per_sec': 1.0}]
+  with pytest.raises(gpu_check.StageFailed) as stopped:
+    gpu_check.rows_of('hangs', {'hangs': []}, str(tmp_path), time.time() + 3,
+                      script=str(script))
+  assert stopped.value.entry['figures']['rows'] == [{'images_per_sec': 1.0}]
   assert 'TimeoutExpired' in str(stopped.value)

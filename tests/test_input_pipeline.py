@@ -24,7 +24,7 @@ def test_input_pipeline_rows(tmp_path):
   assert rows['cifar10_binary']['images_per_sec'] is None  # Absent here.
   # tfds measured where tensorflow-datasets is installed (a core dependency).
   measured = [r for what, r in rows.items() if what != 'cifar10_binary']
-  assert len(measured) == 12, list(rows)
+  assert len(measured) == 11, list(rows)
   assert all(r['images_per_sec'] > 0 for r in measured)
   # Loads and streams in epochs of training; the step rows themselves not.
   for what, r in rows.items():
