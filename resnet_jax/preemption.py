@@ -35,8 +35,14 @@ class Interrupted(Exception):
 
 
 def _preemption_service_on() -> bool:
-  from jax._src import distributed  # pylint: disable=import-outside-toplevel
-  return distributed.global_state.preemption_sync_manager is not None
+  """Whether jax.distributed started JAX's preemption service. JAX has no
+  public query; should the private one move, SIGTERM falls back to our own
+  handler, agreed at log steps like SIGINT."""
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
 
 
 class StopSignals:

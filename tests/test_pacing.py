@@ -170,3 +170,11 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
   manager = checkpoint.create_manager(workdir)
   assert manager.latest_step() == steps[0]
   manager.close()
+
+
+def test_preemption_query_falls_back_when_jax_internals_move(monkeypatch):
+  """JAX has no public query for its preemption service: if the private one
+  moves, SIGTERM is ours (agreed at log steps), not a crash at start-up."""
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(distributed, 'global_state', object())
+  assert preemption._preemption_service_on() is False
