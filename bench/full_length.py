@@ -150,7 +150,13 @@ def main():
     print(f'{name}: step {run["last_step"]} in {run["seconds"]} s, val '
           f'{run["single_view"].get("accuracy")} single view, '
           f'{run["flip_tta"].get("accuracy")} flip TTA')
-  return 0 if all(r['finished'] for r in report['runs'].values()) else 1
+  return 0 if succeeded(report) else 1
+
+
+def succeeded(report) -> bool:
+  """Every run finished and both its evaluations gave figures."""
+  return all(r['finished'] and 'error' not in r['single_view']
+             and 'error' not in r['flip_tta'] for r in report['runs'].values())
 
 
 if __name__ == '__main__':

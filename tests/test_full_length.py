@@ -61,3 +61,14 @@ def test_runs_past_the_limit_are_stopped_and_recorded(tmp_path):
     # Nothing to evaluate: the evaluation's one-line error, no figures.
     assert 'accuracy' not in run['single_view']
     assert run['single_view']['error'].startswith('error: ')
+
+
+def test_a_failed_evaluation_fails_the_script():
+  sys.path.insert(0, os.path.dirname(SCRIPT))
+  import full_length  # pylint: disable=import-outside-toplevel
+  run = {'finished': True, 'single_view': {'accuracy': 0.9},
+         'flip_tta': {'accuracy': 0.91}}
+  assert full_length.succeeded({'runs': {'a': run}})
+  failed = {**run, 'flip_tta': {'error': 'error: no checkpoint'}}
+  assert not full_length.succeeded({'runs': {'a': run, 'b': failed}})
+  assert not full_length.succeeded({'runs': {'a': {**run, 'finished': False}}})
