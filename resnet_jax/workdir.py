@@ -85,6 +85,15 @@ class WorkdirUnusable(UserError):
         'and write')
 
 
+def missing_folders(path: str) -> list[str]:
+  """`path` and those of its parents that do not exist, deepest first."""
+  missing = []
+  while path and not os.path.isdir(path):
+    missing.append(path)
+    path = os.path.dirname(path)
+  return missing
+
+
 class RunLock:
   """`with RunLock(workdir):` a training run holds the workdir; on every
   process, WorkdirBusy if another run does, WorkdirUnusable if the lock
@@ -93,7 +102,7 @@ class RunLock:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILE)
     self._fd = None
-    self._created = False  # The workdir, by this lock.
+    self._created = []  # Folders this lock made: the workdir, its parents.
     self._record = None  # Host, pid, since, token; written with a heartbeat.
     self._stop = threading.Event()
     self._heartbeat = None
@@ -131,9 +140,10 @@ class RunLock:
       with contextlib.suppress(OSError):
         if exc_type and self._created and os.listdir(workdir) == [LOCK_FILE]:
           # A run that failed before writing anything (a bad data.dir)
-          # leaves no workdir behind.
+          # leaves no workdir behind, nor the runs/ folder it made for it.
           os.unlink(self.path)
-          os.rmdir(workdir)
+          for folder in self._created:  # Deepest first; stops at a non-empty one.
+            os.rmdir(folder)
         else:
           os.ftruncate(self._fd, 0)  # Released: no host needs to wait.
     finally:
@@ -171,7 +181,7 @@ class RunLock:
     process on this host holds it."""
     workdir = os.path.dirname(self.path)
     for attempt in range(TAKE_ATTEMPTS):
-      self._created = not os.path.isdir(workdir)
+      self._created = missing_folders(workdir)
       os.makedirs(workdir, exist_ok=True)
       try:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -153,7 +153,8 @@ def race_for_lock(workdir: str, marks: str, rounds: int, pause: float):
     failed = held % 2 == 0
     # As if it had created the workdir, whoever did: a failed run's release
     # removes the lock file and the workdir.
-    lock._created |= failed  # pylint: disable=protected-access
+    if failed and not lock._created:  # pylint: disable=protected-access
+      lock._created = [workdir]  # pylint: disable=protected-access
     lock.__exit__(RuntimeError if failed else None, None, None)
 
 

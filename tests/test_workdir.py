@@ -86,6 +86,21 @@ def test_a_second_holder_is_refused_with_who_holds_it(tmp_path):
     pass
 
 
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path):
+  """A run that fails before writing anything removes its workdir and the
+  parents it made for it (runs/ of the default workdir), not older ones."""
+  workdir = tmp_path / 'runs' / 'resnet_conv'
+  with pytest.raises(RuntimeError):
+    with RunLock(str(workdir)):
+      raise RuntimeError('bad data.dir')
+  assert os.listdir(tmp_path) == []
+  (tmp_path / 'runs' / 'other').mkdir(parents=True)
+  with pytest.raises(RuntimeError):
+    with RunLock(str(workdir)):
+      raise RuntimeError('bad data.dir')
+  assert os.listdir(tmp_path / 'runs') == ['other']
+
+
 def test_a_killed_holder_never_blocks(tmp_path):
   code = ('import os, signal, sys\nfrom resnet_jax import workdir\n'
           'workdir.RunLock(sys.argv[1]).__enter__()\n'
