@@ -9,7 +9,7 @@ stage, for every model here (WRN: depth 6n+4; PreAct: 8n+2). Nothing here
 knows about training.
 """
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -112,13 +112,23 @@ class PreActBlock(nn.Module):
     return y + residual
 
 
-class WideResNet(nn.Module):
-  """WRN-(6n+4)-k (Zagoruyko & Komodakis 2016): a 3x3/16 stem, three stages
-  of n pre-activation blocks of widths 16k, 32k, 64k (stages 2 and 3 stride
-  2), dropout between each block's convolutions, BN-ReLU, global average
-  pooling and a dense classifier. WRN-28-10: n=4, k=10."""
+class PreActResNet(nn.Module):
+  """A 3x3 stem convolution of `stem_width`, stages of `num_layers`
+  pre-activation blocks of `stage_widths` (every stage after the first opens
+  with stride 2), global average pooling and a dense classifier. Two
+  families (builders below):
+
+  - WRN-(6n+4)-k (Zagoruyko & Komodakis 2016): a stem of 16, widths 16k,
+    32k, 64k, dropout between each block's convolutions, BN-ReLU after the
+    last block. WRN-28-10: n=4, k=10.
+  - kuangliu/pytorch-cifar's PreActResNet: a stem of 64, widths 64, 128,
+    256, 512 and, as there, no BN-ReLU after the last block. n=2: the
+    18-layer one.
+  """
   num_layers: int  # n, the blocks per stage.
-  width_factor: int  # k.
+  stem_width: int
+  stage_widths: Sequence[int]
+  final_activation: bool  # BN-ReLU before the pooling.
   dropout: float = 0.0
   num_classes: int = 10
   dtype: Any = jnp.float32
@@ -127,38 +137,14 @@ class WideResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv, norm = layer_factories(self.dtype, self.conv_general_dilated, train)
-    x = conv(STAGE_WIDTHS[0], (3, 3), 1)(x.astype(self.dtype))
-    for stage, features in enumerate(STAGE_WIDTHS):
+    x = conv(self.stem_width, (3, 3), 1)(x.astype(self.dtype))
+    for stage, features in enumerate(self.stage_widths):
       for block in range(self.num_layers):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = PreActBlock(features * self.width_factor, strides, conv, norm,
-                        self.dropout, train)(x)
-    x = nn.relu(norm()(x))
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
-
-
-PREACT_STAGE_WIDTHS = (64, 128, 256, 512)
-
-
-class PreActResNet(nn.Module):
-  """kuangliu/pytorch-cifar's PreActResNet with n blocks a stage (n=2: the
-  18-layer one): a 3x3/64 stem, four stages of pre-activation blocks of
-  widths 64, 128, 256, 512 (stages 2-4 stride 2), global average pooling and
-  a dense classifier. As there, no BN-ReLU after the last block."""
-  num_layers: int  # n, the blocks per stage.
-  num_classes: int = 10
-  dtype: Any = jnp.float32
-  conv_general_dilated: Optional[Callable] = None
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    conv, norm = layer_factories(self.dtype, self.conv_general_dilated, train)
-    x = conv(PREACT_STAGE_WIDTHS[0], (3, 3), 1)(x.astype(self.dtype))
-    for stage, features in enumerate(PREACT_STAGE_WIDTHS):
-      for block in range(self.num_layers):
-        strides = 2 if stage > 0 and block == 0 else 1
-        x = PreActBlock(features, strides, conv, norm, train=train)(x)
+        x = PreActBlock(features, strides, conv, norm, self.dropout,
+                        train)(x)
+    if self.final_activation:
+      x = nn.relu(norm()(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -188,14 +174,17 @@ def plain_cnn(model_config, **kwargs) -> nn.Module:
 
 
 def wide_resnet(model_config, **kwargs) -> nn.Module:
-  return WideResNet(num_layers=model_config.num_layers,
-                    width_factor=model_config.width_factor,
-                    dropout=model_config.dropout,
-                    num_classes=model_config.num_classes, **kwargs)
+  """WRN-(6n+4)-k: n = model.num_layers, k = model.width_factor."""
+  return PreActResNet(
+      num_layers=model_config.num_layers, stem_width=STAGE_WIDTHS[0],
+      stage_widths=tuple(w * model_config.width_factor for w in STAGE_WIDTHS),
+      final_activation=True, dropout=model_config.dropout,
+      num_classes=model_config.num_classes, **kwargs)
 
 
 def preact_resnet(model_config, **kwargs) -> nn.Module:
-  return PreActResNet(num_layers=model_config.num_layers,
+  return PreActResNet(num_layers=model_config.num_layers, stem_width=64,
+                      stage_widths=(64, 128, 256, 512), final_activation=False,
                       num_classes=model_config.num_classes, **kwargs)
 
 
