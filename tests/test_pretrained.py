@@ -77,12 +77,13 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
   require_real_data()
   config = load_config(run)
   folder = os.path.join(PRETRAINED, run)
-  mesh = train.create_mesh()
-  state, _, meta = inference.restore(config, folder, 'best', mesh)
+  # The weights and views the shipped figure used: the average where the run
+  # kept one, flip and translation as its config says.
+  restored = inference.restore_for_inference(config, folder, 'best')
+  assert restored.weights == ('ema' if config.train.ema_decay else 'raw')
   val = data.load_splits(config, ('val',))['val']
-  normalization = (meta['normalization']['mean'], meta['normalization']['std'])
-  metrics, probabilities, predictions = inference.predict_split(
-      state, val, normalization, 1000, mesh, config.train.eval_flip)
+  metrics, probabilities, predictions = restored.predict(
+      val, 1000, config.train.eval_flip, config.train.eval_translate)
   assert metrics['num_examples'] == 5000
   assert metrics['accuracy'] >= MIN_ACCURACY[run]
   # --mode=predict on PNG files of three validation images gives the same
@@ -99,7 +100,8 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
                     f'--images={",".join(paths)}']
                    + [f'--config.{k}={config[k.split(".")[0]][k.split(".")[1]]}'
                       for k in ('model.shortcut', 'model.name',
-                                'model.num_layers', 'train.eval_flip')])
+                                'model.num_layers', 'train.eval_flip',
+                                'train.eval_translate', 'train.ema_decay')])
   assert result.returncode == 0, result.stderr
   top = [p['top'][0]['label']
          for p in json.loads(result.stdout.splitlines()[-1])['predictions']]
@@ -112,7 +114,8 @@ def test_accuracy_and_command_line_prediction(run, tmp_path):
 def test_fast_configs_share_one_recipe_and_match_the_shipped_run():
   configs = {name: runpy.run_path(os.path.join(REPO, 'configs', f'{name}.py'))[
       'get_config']().to_dict() for name in
-             ('resnet_conv_fast', 'resnet_zeropad_fast', 'cnn_fast')}
+             ('resnet_conv_fast', 'resnet_zeropad_fast', 'cnn_fast',
+              'resnet_conv_20ep')}
   assert configs['resnet_conv_fast']['train']['steps'] == 10_500
   assert (configs['resnet_conv_fast']['train']
           == configs['resnet_zeropad_fast']['train']
