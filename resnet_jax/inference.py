@@ -222,10 +222,10 @@ def metrics(sums) -> dict:
 
 
 def predict_split(members: Members, split, normalization, batch_size: int,
-                  mesh, flip=False, translate=0):
+                  mesh, flip=False):
   """(metrics, probabilities (N, C), predictions (N,)) of every example."""
   sums, _, probabilities, predictions = run(
-      make_eval_fn(normalization, mesh, flip, translate), members,
+      make_eval_fn(normalization, mesh, flip), members,
       chunks(split, batch_size, mesh))
   return metrics(sums), probabilities, predictions
 

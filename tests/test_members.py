@@ -39,7 +39,7 @@ def sweep_workdir(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.slow  # Two whole runs; the edit loop stays under 5 minutes.
+@pytest.mark.slow  # Whole runs: out of the edit loop, toward its 5 minutes.
 def test_each_member_is_the_single_run_of_its_seed_and_rate(sweep_workdir,
                                                             tmp_path):
   step, swept = restore_params(str(sweep_workdir))

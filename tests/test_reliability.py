@@ -191,7 +191,7 @@ def test_restart_archives_the_previous_run(tmp_path):
   assert restore_params(str(workdir))[0] == 12
 
 
-@pytest.mark.slow  # Two whole runs; the edit loop stays under 5 minutes.
+@pytest.mark.slow  # Whole runs: out of the edit loop, toward its 5 minutes.
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
   runs = []
   for name in ('a', 'b'):
