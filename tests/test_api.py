@@ -88,7 +88,8 @@ def test_load_gives_the_shipped_model(shipped):
   assert logits.shape == (2, 10)
 
 
-@pytest.mark.parametrize('flip', [False, True])
+@pytest.mark.parametrize('flip', [
+    True, pytest.param(False, marks=pytest.mark.slow)])  # One CLI run each.
 def test_predict_has_the_accuracy_of_mode_evaluate(shipped, test_folder,
                                                    tmp_path, flip):
   folder, images, labels = test_folder

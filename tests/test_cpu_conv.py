@@ -122,7 +122,10 @@ def test_fast_path_is_taken_for_flax_convs():
 
 
 @pytest.mark.parametrize('shortcut,impl', [
-    ('conv', 'cpu'), ('zeropad', 'cpu'), (None, 'cpu'), ('conv', 'matmul')])
+    ('conv', 'cpu'), ('conv', 'matmul'),
+    # The same convolutions in other nets: the slow tier.
+    pytest.param('zeropad', 'cpu', marks=pytest.mark.slow),
+    pytest.param(None, 'cpu', marks=pytest.mark.slow)])
 def test_resnet_param_grads_match(shortcut, impl):
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
   y = jnp.arange(4) % 10

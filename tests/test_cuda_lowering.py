@@ -65,6 +65,7 @@ def test_steps_lower_with_xla_convolutions_and_no_host_code(lowered, platform):
       assert report['convolution_groups'] == expected, (name, step)
 
 
+@pytest.mark.slow  # Lowers for 8 fake devices (~25 s on 2 cores).
 def test_batch_and_members_are_sharded_as_intended(lowered):
   for name, steps in lowered['cuda'].items():
     members = int(name.split()[0])

@@ -2,7 +2,6 @@
 import glob
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -39,31 +38,6 @@ def wait_for_record(workdir, predicate, proc, timeout=120):
           return json.loads(line)
     time.sleep(0.05)
   raise TimeoutError(f'no matching record in {path}')
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_steps_then_resume_equals_uninterrupted(tmp_path):
-  config = tiny_config(**{'train.steps': 24, 'train.eval_every': 2,
-                          'train.log_every': 1})
-  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  train.train_and_evaluate(config, straight)
-  rng = random.Random(0)
-  # Two kills at random training steps, one right as a save begins (the
-  # evaluation record is written just before the checkpoint is).
-  kill_points = [('train_loss', rng.randint(3, 9)),
-                 ('val_loss', rng.randint(10, 14)),
-                 ('train_loss', rng.randint(16, 21))]
-  for key, kill_step in kill_points:
-    proc = start_cli(config, killed)
-    wait_for_record(killed, lambda r: key in r and r['step'] >= kill_step, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  result = run_cli(cli_args(config, killed))
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert 'Resuming from step' in result.stdout
-  _, a = restore_params(straight)
-  _, b = restore_params(killed)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 @pytest.mark.slow
@@ -128,7 +102,10 @@ def test_corrupt_checkpoint_is_skipped_on_resume_and_refused_by_evaluate(
 
 
 def test_non_finite_update_is_not_applied():
-  config = tiny_config(**{'train.warmup_steps': 0})
+  """A step with a non-finite loss or gradient leaves the parameters, the
+  optimizer state and the average of the weights (train.ema_decay) as they
+  were, and counts the step."""
+  config = tiny_config(**{'train.warmup_steps': 0, 'train.ema_decay': 0.9})
   mesh = train.create_mesh()
   model = models.from_config(config)
   # Member 0 of the stacked state: train_step is one member's step.
@@ -139,17 +116,21 @@ def test_non_finite_update_is_not_applied():
   batch = {'image': jax.random.randint(jax.random.key(2), (4, 16, 16, 3), 0,
                                       256).astype(jnp.uint8),
            'label': jnp.zeros((4,), jnp.int32)}
-  step = lambda s: train.train_step(
+  # Jitted: compiled once for both calls (op by op takes ~15 s on CPU).
+  step = jax.jit(lambda s: train.train_step(
       s, batch, jax.random.key(1), normalization=([0.5] * 3, [0.25] * 3),
-      label_smoothing=0.0, train_config=config.train)
+      label_smoothing=0.0, train_config=config.train))
   new, metrics = step(poisoned)
   assert not metrics['finite'] and int(new.step) == 1
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
-               (new.params, new.opt_state), (poisoned.params, poisoned.opt_state))
+               (new.params, new.opt_state, new.ema),
+               (poisoned.params, poisoned.opt_state, poisoned.ema))
   new, metrics = step(state)
   assert metrics['finite']
   assert not np.array_equal(new.params['Dense_0']['kernel'],
                             state.params['Dense_0']['kernel'])
+  assert not np.array_equal(new.ema['params']['Dense_0']['kernel'],
+                            state.ema['params']['Dense_0']['kernel'])
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -523,10 +523,12 @@ KILL_MOMENTS = ('start-up', 'step', 'evaluation', 'save', 'append')
 def test_random_kills_then_resume_equal_an_uninterrupted_run(tmp_path):
   """SIGKILL at N random moments (RESNET_JAX_SOAK_KILLS, default 6), each of
   start-up, mid-step, mid-evaluation, mid-save and mid-append among them,
-  resuming each time. Seeded: a failure names the kill that broke it."""
+  resuming each time. Seeded: a failure names the kill that broke it.
+  Weight averaging on, so its average is saved and resumed exactly too."""
   kills = int(os.environ.get('RESNET_JAX_SOAK_KILLS', 6))
   config = tiny_config(**{'train.steps': 15 + 4 * kills,
-                          'train.eval_every': 3, 'train.log_every': 1})
+                          'train.eval_every': 3, 'train.log_every': 1,
+                          'train.ema_decay': 0.9})
   reference, workdir = tmp_path / 'straight', tmp_path / 'w'
   began = time.perf_counter()
   train.train_and_evaluate(config, str(reference))
