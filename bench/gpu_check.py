@@ -1,19 +1,11 @@
 """The GPU check: smoke-tests training on this machine's accelerator and
-measures it, writing every figure, with the command that gave it, to one JSON.
+measures it, writing every figure, with the command that gave it, to one JSON
+(commands: bench/README.md; the stages: docs/gpus_and_clusters.md).
 
-  python bench/gpu_check.py --data=DIR     # on a GPU box: under 6 minutes
-  python bench/gpu_check.py --tiny         # rehearsal anywhere (synthetic
-                                           # data, tiny model)
-  python bench/gpu_check.py --dry-run ...  # print the plan, run nothing
-
-DIR is a cifar-10-batches-bin folder. Each stage (STAGES; their table is in
-docs/gpus_and_clusters.md) runs its children within its own time limit, so
-one that fails or hangs is recorded and the others still run; the JSON is
-rewritten as each stage ends. A stage fails, and so does the check (exit 1),
-if a child or one of its checks does: a green check holds. The limits come
-from an H200's figures: ~30 s to a run's first step before the compilation
-cache, 210 s for gpu_throughput.py's 8 default rows, 96.5 s for the
-batch-128 30-epoch run; later stages find most programs in the cache.
+The stage limits (STAGES) come from an H200's figures: ~30 s to a run's
+first step before the compilation cache, 210 s for gpu_throughput.py's 8
+default rows, 96.5 s for the batch-128 30-epoch run; later stages find most
+programs in the cache.
 """
 import argparse
 import functools
