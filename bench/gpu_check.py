@@ -212,9 +212,11 @@ def time_to_accuracy(config, name, s, scratch, deadline):
   command = main_command(config, workdir, *s['data'], *s['accuracy'])
   metrics, commands = os.path.join(workdir, 'metrics.jsonl'), {
       name: shlex.join(command)}
+  log = os.path.join(scratch, f'{name}.stderr')
   start = time.perf_counter()
-  child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+  with open(log, 'w') as stderr:
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=stderr)
   while True:
     done = child.poll() is not None  # Before reading: its last records count.
     records = read_jsonl(metrics)[0] if os.path.exists(metrics) else []
@@ -232,7 +234,11 @@ def time_to_accuracy(config, name, s, scratch, deadline):
     child.wait()
   figures = {'target': s['target'], 'reached': bool(reached)}
   if not reached:
-    raise StageFailed(f'{s["target"]} not reached in {seconds} s',
+    with open(log) as f:
+      lines = f.read().strip().splitlines()
+    why = f': {lines[-1]}' if child.returncode and lines else ''  # Its error.
+    raise StageFailed(f'{s["target"]} not reached in {seconds} s (exit '
+                      f'{child.returncode}{why})',
                       figures={**figures, 'wall_time_s': seconds,
                                'exit_code': child.returncode},
                       commands=commands)

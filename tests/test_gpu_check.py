@@ -145,3 +145,14 @@ def test_time_to_a_target_reached_and_one_never_reached(tmp_path):
   figures = never.value.entry['figures']
   assert not figures['reached'] and figures['exit_code'] == 0
   assert figures['wall_time_s'] > 0
+
+
+def test_a_run_that_fails_fails_the_accuracy_stage_with_its_error(tmp_path):
+  gpu_check = import_check()
+  s = gpu_check.stage_args(argparse.Namespace(tiny=True))
+  s['accuracy'] = ['--config.train.no_such_key=1']
+  with pytest.raises(gpu_check.StageFailed, match='not reached') as failed:
+    gpu_check.time_to_accuracy('resnet_conv.py', 'fails', s, str(tmp_path),
+                               time.time() + 600)
+  assert failed.value.entry['figures']['exit_code'] not in (0, None)
+  assert 'no_such_key' in str(failed.value), failed.value
