@@ -1,10 +1,6 @@
-"""What every benchmark does: the environment it ran on, comma-list
-arguments, the timing loop, and JSON rows written as they come.
-
-A script in bench/ starts with `import common`, which puts the repository
-first on sys.path, so `python bench/X.py` runs this checkout's resnet_jax.
-`python bench/common.py` prints the environment as one JSON line (what
-gpu_check.py reads in a child, so that its own process holds no GPU memory).
+"""What every benchmark shares (bench/README.md). `import common` comes
+first: it puts this checkout first on sys.path. `python bench/common.py`
+prints the environment as one JSON line (environment_in_child).
 """
 import datetime
 import importlib.metadata

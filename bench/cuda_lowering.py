@@ -1,17 +1,9 @@
 """The train and eval steps a GPU run would build, lowered for CUDA here.
 
-    python bench/cuda_lowering.py [--platforms=cuda,tpu] [--json]
-
 No GPU needed: jax.export lowers a jitted function for a platform it does
-not run on. Each case builds the steps as train.py does on a GPU backend
-(`model.conv_impl=auto` resolves there to XLA's convolutions, no CPU-only
-compiler options; one case uses `matmul`, members' other formulation), on 8
-fake CPU devices for the mesh, and reports what the StableHLO holds: the
-custom calls (a CPU-only one or a host callback would fail or stall on a
-GPU), the convolutions (how many, their element type, their feature and
-batch group counts: vmapped members make them grouped), the matrix products
-with a batch dimension, and (--json) the shardings of the inputs and of
-the batch. tests/test_cuda_lowering.py asserts on it.
+not run on. Each case (CASES) builds the steps as train.py does on a GPU
+backend, on 8 fake CPU devices for the mesh, and reports what the StableHLO
+holds (`report`); tests/test_cuda_lowering.py asserts on it.
 """
 import os
 import re
@@ -68,6 +60,7 @@ def report(module_text: str, exported) -> dict:
   calls += re.findall(r'call_target_name = "([\w.]+)"', module_text)
   return {
       'platforms': list(exported.platforms),
+      # A CPU-only custom call or a host callback would fail or stall on a GPU.
       'kernel_calls': sorted(set(calls) - SHARDING_CALLS),
       'convolutions': len(re.findall(r'stablehlo\.convolution', module_text)),
       'convolution_types': sorted(set(re.findall(
@@ -102,7 +95,8 @@ def lower_case(members, dtype, shard_members, conv_impl, platform):
   config.data.source, config.model.conv_impl = 'synthetic', conv_impl
   config.train.batch_size, config.train.dtype = 64, dtype
   config.train.num_seeds, config.train.shard_members = members, shard_members
-  # What train.py builds when jax.default_backend() is 'gpu'.
+  # What train.py builds when jax.default_backend() is 'gpu' (conv_impl auto:
+  # XLA's convolutions; no CPU-only compiler options).
   with unittest.mock.patch.object(jax, 'default_backend', lambda: 'gpu'):
     mesh = train.create_mesh(shard_members)
     model = models.from_config(config)

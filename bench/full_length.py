@@ -1,16 +1,9 @@
-"""The original table's three models at their full budget, in one command.
-
-Trains ResNet-20 with zero-pad (A) and 1x1-conv (B) shortcuts and the plain
-CNN-20 (configs/resnet_zeropad.py, resnet_conv.py, cnn.py: 64,000 steps of
-128) as three processes sharing one accelerator (--sequential: one after
-another), then evaluates each last checkpoint on the validation split,
-single view and with flip TTA. --recipe=gpu: the same epochs at batch 512
-(16,000 steps, learning rate 0.4, bfloat16). Training stops at --limit
-seconds (SIGTERM: each run saves, and the same command resumes it); the JSON
-at --out is rewritten as each run and evaluation ends.
-
-  python bench/full_length.py --data=DIR --workdir=DIR --out=FILE
-  python bench/full_length.py --tiny --workdir=/tmp/fl --out=/tmp/fl.json
+"""The original table's three models at their full budget, in one command
+(bench/README.md): three processes sharing one accelerator (--sequential:
+one after another), then each last checkpoint evaluated on the validation
+split, single view and with flip TTA. Training stops at --limit seconds
+(SIGTERM: each run saves, and the same command resumes it); the JSON at
+--out is rewritten as each run and evaluation ends.
 """
 import argparse
 import os

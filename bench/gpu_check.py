@@ -1,19 +1,11 @@
 """The GPU check: smoke-tests training on this machine's accelerator and
-measures it, writing every figure, with the command that gave it, to one JSON.
+measures it, writing every figure, with the command that gave it, to one JSON
+(commands: bench/README.md; the stages: docs/gpus_and_clusters.md).
 
-  python bench/gpu_check.py --data=DIR     # on a GPU box: under 6 minutes
-  python bench/gpu_check.py --tiny         # rehearsal anywhere (synthetic
-                                           # data, tiny model)
-  python bench/gpu_check.py --dry-run ...  # print the plan, run nothing
-
-DIR is a cifar-10-batches-bin folder. Each stage (STAGES; their table is in
-docs/gpus_and_clusters.md) runs its children within its own time limit, so
-one that fails or hangs is recorded and the others still run; the JSON is
-rewritten as each stage ends. A stage fails, and so does the check (exit 1),
-if a child or one of its checks does: a green check holds. The limits come
-from an H200's figures: ~30 s to a run's first step before the compilation
-cache, 210 s for gpu_throughput.py's 8 default rows, 96.5 s for the
-batch-128 30-epoch run; later stages find most programs in the cache.
+The stage limits (STAGES) come from an H200's figures: ~30 s to a run's
+first step before the compilation cache, 210 s for gpu_throughput.py's 8
+default rows, 96.5 s for the batch-128 30-epoch run; later stages find most
+programs in the cache.
 """
 import argparse
 import functools
@@ -28,6 +20,7 @@ import time
 import common
 from common import BENCH, ROOT, last_json
 from resnet_jax import reporting
+from resnet_jax.workdir import read_jsonl
 
 TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_training_learns_and_writes_its_workdir',
@@ -212,11 +205,46 @@ def rows_of(name, s, scratch, deadline,
 
 
 def time_to_accuracy(config, name, s, scratch, deadline):
-  command = [sys.executable, os.path.join(BENCH, 'time_to_accuracy.py'),
-             f'--target={s["target"]}',
-             f'--workdir={os.path.join(scratch, name)}', '--',
-             f'--config={ROOT}/configs/{config}', *s['data'], *s['accuracy']]
-  return last_json(run(command, deadline)), {name: shlex.join(command)}
+  """Seconds from starting a run (imports, data and compilation count) to
+  its first evaluation at s['target'] validation accuracy, read from its
+  metrics.jsonl as it comes; then SIGTERM stops the run (it saves first)."""
+  workdir = os.path.join(scratch, name)
+  command = main_command(config, workdir, *s['data'], *s['accuracy'])
+  metrics, commands = os.path.join(workdir, 'metrics.jsonl'), {
+      name: shlex.join(command)}
+  log = os.path.join(scratch, f'{name}.stderr')
+  start = time.perf_counter()
+  with open(log, 'w') as stderr:
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=stderr)
+  while True:
+    done = child.poll() is not None  # Before reading: its last records count.
+    records = read_jsonl(metrics)[0] if os.path.exists(metrics) else []
+    seconds = round(time.perf_counter() - start, 1)
+    reached = next((r for r in records
+                    if r.get('val_accuracy', 0) >= s['target']), None)
+    if reached or done or time.time() > deadline:
+      break
+    time.sleep(0.05)
+  child.terminate()
+  try:
+    child.wait(60)
+  except subprocess.TimeoutExpired:
+    child.kill()
+    child.wait()
+  figures = {'target': s['target'], 'reached': bool(reached)}
+  if not reached:
+    with open(log) as f:
+      lines = f.read().strip().splitlines()
+    why = f': {lines[-1]}' if child.returncode and lines else ''  # Its error.
+    raise StageFailed(f'{s["target"]} not reached in {seconds} s (exit '
+                      f'{child.returncode}{why})',
+                      figures={**figures, 'wall_time_s': seconds,
+                               'exit_code': child.returncode},
+                      commands=commands)
+  return {**figures, 'seconds_from_start': seconds, 'step': reached['step'],
+          'epoch': round(reached['epoch'], 2),
+          'val_accuracy': reached['val_accuracy'], 'workdir': workdir}, commands
 
 
 # (the stage's function, its time limit in seconds): 6 minutes in all.

@@ -1,22 +1,11 @@
 """Train images/s of the real train step vs a PyTorch twin, on one device,
-and of several members in one step.
+and (--members) of several members in one step (commands: bench/README.md).
 
-JAX: the product's step, built and fed as a run does (on-device sampling,
-pad-crop-flip, normalize, forward, backward, SGD-Nesterov, BN update), on
-synthetic 32x32 data of --examples training images held on the device.
-PyTorch (optional): the same network (torch_resnet), channels-last,
-bfloat16 by autocast, a random crop and flip on the device, eager and
-(--compile) torch.compile. Steps are dispatched back to back and the clock
-stops after a device sync, as in a training loop.
-
---members N,...: total images/s of N members in one step (train.num_seeds)
-and the step time against one member's, per train.member_chunk and
-model.conv_impl. On a CPU expect about N x; the goal on a GPU is 8 members
-in at most 2x the time of one.
-
-  python bench/gpu_throughput.py                          # the default grid
-  python bench/gpu_throughput.py --models resnet20 --batch-sizes 128 \
-      --dtypes float32 --members 1,8 --member_chunk 0,1 --conv_impl auto,matmul
+JAX: the product's step, built and fed as a run does, on synthetic data of
+--examples images held on the device. PyTorch (optional): the same network
+(torch_resnet), channels-last, bfloat16 by autocast, a random crop and flip
+on the device, eager and (--compile) torch.compile. Steps are dispatched back
+to back and the clock stops after a device sync, as in a training loop.
 """
 import argparse
 import itertools

@@ -1,16 +1,8 @@
-"""Input-pipeline throughput of each data source beside ResNet-20 training.
-
-    python bench/input_pipeline.py [--folder_images=2000] [--train_steps=24]
-
-Rows: the ResNet-20 train step, in memory (first: it sets `epoch x`) and fed
-by the streamed 256x256 JPEG folder (last); host loads (read + decode +
-resize, paid once per run; `epoch x` = the load's time over one training
-epoch's); streaming (stream.TrainBatches, grain with data.decode_threads
-threads, paid every epoch: `epoch x` below 1 keeps the model fed); the
-on-device batch (order.sample_batch, crop, flip, normalize, jitted alone).
-Nothing is downloaded: cifar10_binary is read from --cifar_dir when it
-exists, the folders are generated in a temporary directory, and tfds is
-prepared there from PNG bytes.
+"""Input-pipeline throughput of each data source beside ResNet-20 training
+(the rows and `epoch x`: docs/data.md#input-pipeline-speed). Nothing is
+downloaded: cifar10_binary is read from --cifar_dir when it exists, the
+folders are generated in a temporary directory, and tfds is prepared there
+from PNG bytes.
 """
 import argparse
 import io

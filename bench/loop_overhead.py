@@ -1,17 +1,10 @@
 """The training loop's own ceiling: steps/s of the real loop on tiny images.
 
-    python bench/loop_overhead.py [--model resnet20|negligible]
-        [--examples 512,45000] [--image-size 8] [--steps 2000]
-        [--log_every 1,10,100] [--profile]
-
-Runs train.train_and_evaluate (epoch orders, on-device sampling and
-augmentation, the jitted step, metric fetches every log_every, progress,
-reporting, the final evaluation and save) on synthetic images of
---image-size pixels, batch 8, so that what is left is the loop: with the
-real ResNet-20 state or a negligible model (a mean pool, BatchNorm and a
-dense layer). Each figure is the difference of a run of --steps and one of
-twice that (each the fastest of --repeats): compilation and setup cancel.
---profile adds cProfile's top host functions of a third, untimed run.
+Runs train.train_and_evaluate on synthetic images of --image-size pixels,
+batch 8, so that what is left is the loop: with the real ResNet-20 state or
+a negligible model. Each figure is the difference of a run of --steps and
+one of twice that (each the fastest of --repeats): compilation and setup
+cancel. --profile adds cProfile's top host functions of a third run.
 """
 import argparse
 import cProfile

@@ -1,16 +1,11 @@
 """Where a run's start-up goes: a wall-clock timeline of resnet_jax.main.
 
-    python bench/startup.py [--out FILE] -- --config=configs/resnet_conv_fast.py \
-        --config.data.source=cifar10_binary --config.data.dir=DIR \
-        --config.train.steps=2 --config.train.warmup_steps=1 --workdir=DIR2
+    python bench/startup.py [--out=FILE] -- MAIN_FLAGS  # bench/README.md
 
-Runs the command line in this process with the phases of train.py wrapped
-by timers: imports, loading the data, the channel statistics, the train
-state, the first train step (tracing, compiling or loading from the
-compilation cache, running), the evaluation, the plots, the saves. Prints
-each phase's end (seconds since the process started) and length, and
-process start to the end of the first step. Run it twice: the second run
-shows a warm compilation cache (resnet_jax/compile_cache.py).
+Runs resnet_jax.main in this process with its phases wrapped by timers
+(the `timed` list in main) and prints each phase's end (seconds since the
+process started) and length. Run it twice: the second run shows a warm
+compilation cache (resnet_jax/compile_cache.py).
 """
 import time
 

@@ -1,15 +1,10 @@
 """How long a run takes to stop on SIGTERM: seconds from the signal to the
 process's exit, and the steps the devices ran after it.
 
-    python bench/stop_latency.py --config=configs/resnet_conv.py --trials=3
-    python bench/stop_latency.py --config=configs/resnet_conv_gpu.py \
-        --after=60 -- --config.train.dtype=float32
-
-Each trial starts `python -m resnet_jax.main` on synthetic CIFAR-sized data
-(default log_every and eval_every, so a save may fall anywhere), sends
-SIGTERM at a random moment `--after` to `--after` + `--spread` seconds after
-the start (past compilation), and reads the run's last line: the step it
-saved and how many steps ran after the signal. A grace period must cover
+Each trial runs resnet_jax.main on synthetic CIFAR-sized data (default
+log_every and eval_every, so a save may fall anywhere), sends SIGTERM at a
+random moment `--after` to `--after` + `--spread` seconds after the start
+(past compilation), and reads the run's last line. A grace period must cover
 the seconds printed here plus a margin.
 """
 import argparse

@@ -12,8 +12,7 @@ trains:
 - launch/...: the script exists and accepts the options used (run with
   --dry-run, which parses everything and runs nothing), and the
   resnet_jax.main commands it prints pass the check above;
-- `python FILE.py ...`: FILE exists (bench/time_to_accuracy.py's arguments
-  after `--` are resnet_jax.main's and are checked as such).
+- `python FILE.py ...`: FILE exists.
 Also: the configuration reference (docs/configuration.md) matches
 resnet_jax/config.py, README.md stays a short front page linking every
 guide, relative links point to files that exist, and no page names an issue
@@ -256,9 +255,6 @@ def check_command(argv, tmp_path):
     if script.endswith('.py') and not os.path.isfile(
         os.path.join(REPO, script)):
       return [f'no such file: {script}']
-    if script == 'bench/time_to_accuracy.py' and '--' in argv:
-      # It adds --workdir and passes the rest to resnet_jax.main.
-      return check_main_args(argv[argv.index('--') + 1:] + ['--workdir=w'])
   return []
 
 

@@ -125,3 +125,34 @@ def test_a_benchmark_out_of_time_keeps_the_rows_it_wrote(tmp_path):
                       script=str(script))
   assert stopped.value.entry['figures']['rows'] == [{'images_per_sec': 1.0}]
   assert 'TimeoutExpired' in str(stopped.value)
+
+
+@pytest.mark.slow
+def test_time_to_a_target_reached_and_one_never_reached(tmp_path):
+  """The accuracy stage on a tiny run: the first evaluation at the target,
+  with its time from the process start; a target never reached fails the
+  stage, keeping the run's wall time."""
+  gpu_check = import_check()
+  s = gpu_check.stage_args(argparse.Namespace(tiny=True))
+  figures, commands = gpu_check.time_to_accuracy(
+      'resnet_conv.py', 'reached', s, str(tmp_path), time.time() + 600)
+  assert figures['reached'] and figures['step'] == 4  # The first evaluation.
+  assert figures['seconds_from_start'] > 0 and figures['val_accuracy'] >= 0
+  assert 'resnet_jax.main' in commands['reached']
+  with pytest.raises(gpu_check.StageFailed, match='1.01 not reached') as never:
+    gpu_check.time_to_accuracy('resnet_conv.py', 'never', {**s, 'target': 1.01},
+                               str(tmp_path), time.time() + 600)
+  figures = never.value.entry['figures']
+  assert not figures['reached'] and figures['exit_code'] == 0
+  assert figures['wall_time_s'] > 0
+
+
+def test_a_run_that_fails_fails_the_accuracy_stage_with_its_error(tmp_path):
+  gpu_check = import_check()
+  s = gpu_check.stage_args(argparse.Namespace(tiny=True))
+  s['accuracy'] = ['--config.train.no_such_key=1']
+  with pytest.raises(gpu_check.StageFailed, match='not reached') as failed:
+    gpu_check.time_to_accuracy('resnet_conv.py', 'fails', s, str(tmp_path),
+                               time.time() + 600)
+  assert failed.value.entry['figures']['exit_code'] not in (0, None)
+  assert 'no_such_key' in str(failed.value), failed.value
