@@ -1,5 +1,6 @@
 """Train images/s of the real train step vs a PyTorch twin, on one device,
-and (--members) of several members in one step (commands: bench/README.md).
+and (--members) of several members in one step, and (--augment) with
+augmentation and weight averaging on (commands: bench/README.md).
 
 JAX: the product's step, built and fed as a run does, on synthetic data of
 --examples images held on the device. PyTorch (optional): the same network
@@ -17,6 +18,14 @@ DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
 # after the validation carve, so the step pays what a run pays.
 EXAMPLES = 45_000
 VAL_EXAMPLES = 64  # Carved off, never evaluated here.
+# --augment: what a run adds to the step (crop and flip on, but in 'off').
+AUGMENT = {'default': {}, 'cutout': {'data.cutout_size': 16},
+           'mixup': {'train.mixup_alpha': 0.2},
+           'cutmix': {'train.cutmix_alpha': 1.0},
+           'ema': {'train.ema_decay': 0.999},
+           'all': {'data.cutout_size': 16, 'train.mixup_alpha': 0.2,
+                   'train.cutmix_alpha': 1.0, 'train.ema_decay': 0.999},
+           'off': {'data.random_crop': False, 'data.random_flip': False}}
 
 
 def train_on_synthetic(config, examples: int):
@@ -157,6 +166,10 @@ def main():
                  help='model.conv_impl, comma-separated to compare (auto: '
                  "XLA's convolutions off the CPU; matmul: batched matrix "
                  'products when vmapped)')
+  p.add_argument('--augment', type=common.names, default='default',
+                 help=f'comma-separated, of {",".join(AUGMENT)}: augmentation '
+                 'and weight averaging as a run sets them (the step against '
+                 "the first's: their cost)")
   common.add_steps(p, steps=100, warmup=10)
   p.add_argument('--examples', type=int, default=EXAMPLES,
                  help='training-set size the JAX step samples from '
@@ -165,6 +178,8 @@ def main():
   p.add_argument('--compile', action='store_true', help='also torch.compile')
   common.add_json(p)
   args = p.parse_args()
+  if unknown := set(args.augment) - set(AUGMENT):
+    p.error(f'--augment: unknown {", ".join(sorted(unknown))}')
   if not args.no_torch and not common.version('torch'):
     print('# PyTorch is not installed: JAX only')
     args.no_torch = True
@@ -173,37 +188,40 @@ def main():
   print(f'# member_chunk 0 is auto: {auto} on this backend')
   rows = common.start_table(
       args, 'model', 'batch', 'dtype', 'conv_impl', 'members', 'member_chunk',
-      'JAX img/s', 'step ms', 'step vs 1 member', 'JAX compile s',
+      'augment', 'JAX img/s', 'step ms', 'step vs first', 'JAX compile s',
       'PyTorch img/s', 'JAX / PyTorch')
   for name, batch, dtype in itertools.product(args.models, args.batch_sizes,
                                               args.dtypes):
     torch_rate = None if args.no_torch else max(
         bench_torch(DEPTH[name], batch, dtype, args.steps, args.warmup, c)
         for c in ((False, True) if args.compile else (False,)))
-    one_step = None  # One member of the first conv_impl: the base.
+    # One member of the first conv_impl and augment: the base.
+    one_step = None
     for index, impl in enumerate(args.conv_impl):
-      for count in args.members:
+      for count, augment in itertools.product(args.members, args.augment):
         # One member is one program whatever the chunk: timed once. Past the
         # first conv_impl, chunks of one member (nothing vmapped, so nothing
         # for a formulation of members to change) are skipped.
         for chunk in args.member_chunk[:1] if count == 1 else [
             c for c in args.member_chunk if not (index and c == 1)]:
           config = train_on_synthetic(config_lib.base_config(), args.examples)
+          config.update_from_flattened_dict(AUGMENT[augment])
           config.model.num_layers, config.model.conv_impl = DEPTH[name], impl
           config.train.batch_size, config.train.dtype = batch, dtype
           config.train.num_seeds, config.train.member_chunk = count, chunk
           rate, compile_s = step_rate(config, args.steps, args.warmup)
           step_ms = 1000 * count * batch / rate
           one_step = one_step or (step_ms if count == 1 else None)
-          # PyTorch trains one member: set beside one-member rows alone.
-          versus = torch_rate if count == 1 else None
+          # PyTorch trains one member with crop and flip: set beside those.
+          versus = torch_rate if count == 1 and augment == 'default' else None
           print(common.table(
-              name, batch, dtype, impl, count, chunk, f'{rate:,.0f}',
+              name, batch, dtype, impl, count, chunk, augment, f'{rate:,.0f}',
               f'{step_ms:.1f}', f'{step_ms / one_step:.2f}x' if one_step
               else '-', f'{compile_s:.1f}', f'{versus:,.0f}' if versus else '-',
               f'{rate / versus:.2f}' if versus else '-'), flush=True)
           rows.add({'model': name, 'batch': batch, 'dtype': dtype,
                     'conv_impl': impl, 'members': count, 'member_chunk': chunk,
+                    'augment': augment,
                     'examples': args.examples, 'jax_images_per_sec': rate,
                     'jax_compile_s': compile_s, 'step_ms': step_ms,
                     'torch_images_per_sec': versus})

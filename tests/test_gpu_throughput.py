@@ -1,0 +1,41 @@
+"""bench/gpu_throughput.py --augment: one row per augmentation setting, each
+timing the step a run with that setting trains (its other modes: the GPU
+check's throughput and members stages, tests/test_gpu_check.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, 'bench', 'gpu_throughput.py')
+
+
+def run_bench(*args):
+  return subprocess.run([sys.executable, SCRIPT, '--models=resnet8',
+                         '--batch-sizes=16', '--dtypes=float32', '--no-torch',
+                         *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=900)
+
+
+def test_an_unknown_augmentation_is_refused():
+  result = run_bench('--augment=default,rotate')
+  assert result.returncode == 2 and 'unknown rotate' in result.stderr
+
+
+@pytest.mark.slow
+def test_each_augmentation_setting_is_a_row_against_the_first(tmp_path):
+  out = tmp_path / 'rows.json'
+  result = run_bench('--augment=default,all,off', '--steps=3', '--warmup=1',
+                     '--examples=256', f'--json={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [row['augment'] for row in rows] == ['default', 'all', 'off']
+  assert all(row['jax_images_per_sec'] > 0 and row['step_ms'] > 0
+             for row in rows)
+  # The table sets each step against the first row's.
+  table = [line for line in result.stdout.splitlines()
+           if line.startswith('| resnet8')]
+  assert len(table) == 3 and ' 1.00x ' in table[0]
