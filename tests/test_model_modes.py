@@ -35,12 +35,13 @@ def test_model_in_every_mode_with_members(tmp_path, name):
   workdir = str(tmp_path / 'resumed')
   train.train_and_evaluate(config, workdir, stop_at_step=1)
   resumed = train.train_and_evaluate(config, workdir)
-  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   step, params = restore_params(workdir)
   assert step == 2 and len(resumed['members']) == 2
-  jax.tree.map(np.testing.assert_array_equal, params,
-               restore_params(str(tmp_path / 'straight'))[1])
-  assert resumed['val_loss'] == straight['val_loss']
+  if name == 'wrn':  # Dropout: a resume must draw the masks again alike.
+    straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    jax.tree.map(np.testing.assert_array_equal, params,
+                 restore_params(str(tmp_path / 'straight'))[1])
+    assert resumed['val_loss'] == straight['val_loss']
   # The members differ (their seeds, and for the WRN their dropout draws).
   kernel = jax.tree.leaves(params['params'])[0]
   assert not np.array_equal(kernel[0], kernel[1])
