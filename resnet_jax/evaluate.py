@@ -37,8 +37,7 @@ def evaluate(config, workdir: str, which: str = 'best',
                     f'checkpoint {step} was trained on '
                     f'{meta["class_names"][:5]}...: accuracy would be wrong')
   sums, labels, _, predictions = inference.run(
-      restored.eval_fn(config.train.eval_flip,
-                       config.train.eval_translate), restored.members,
+      restored.eval_fn(**inference.views(config.train)), restored.members,
       inference.chunks(examples, config.train.eval_batch_size, restored.mesh),
       keep_probabilities=False)
   metrics = inference.metrics(sums)

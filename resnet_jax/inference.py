@@ -111,6 +111,13 @@ def ensemble_sums(logits, batch):
   return masked_sums(loss, correct, batch['mask']), log_mean
 
 
+def views(train_config) -> dict:
+  """The test-time views a config asks for (train.eval_flip,
+  train.eval_translate), as eval_step's and make_eval_fn's keywords."""
+  return {'flip': bool(train_config.eval_flip),
+          'translate': int(train_config.eval_translate)}
+
+
 def make_eval_fn(normalization, mesh, flip=False, translate=0):
   """Jitted (members, chunks) -> (sums, (probabilities, predictions)).
 

@@ -80,8 +80,7 @@ def samples(config, workdir: str, which: str = 'best', split: str = 'test',
   else:
     chosen = examples.load(indices)
   _, probabilities, predictions = restored.predict(
-      chosen, config.train.eval_batch_size, config.train.eval_flip,
-      config.train.eval_translate)
+      chosen, config.train.eval_batch_size, **inference.views(config.train))
   rows = [{'index': int(i), 'label': class_names[int(y)],
            'prediction': class_names[int(p)],
            'probability': float(probabilities[n, p]), 'correct': bool(y == p)}
@@ -209,8 +208,7 @@ def predict(config, workdir: str, which: str = 'best', images: str = '',
   class_names = meta['class_names']
   split = data.Split(decoded, np.zeros(len(paths), np.int32))
   _, probabilities, _ = restored.predict(split, config.train.eval_batch_size,
-                                         config.train.eval_flip,
-                                         config.train.eval_translate)
+                                         **inference.views(config.train))
   k = min(TOP_K, len(class_names))
   results = []
   for path, p in zip(paths, probabilities):

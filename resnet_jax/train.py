@@ -214,8 +214,8 @@ def make_inputs(config, splits, normalization, start: int, mesh, streamed):
   train_fn = make_train_fn(config, mesh, normalization, streamed)
   if 'val' not in splits:
     return train_inputs, train_fn, None
-  eval_fn = inference.make_eval_fn(normalization, mesh, config.train.eval_flip,
-                                   config.train.eval_translate)
+  eval_fn = inference.make_eval_fn(normalization, mesh,
+                                   **inference.views(config.train))
   # In memory, the validation chunks go to the devices once, for every
   # evaluation; streamed, they are decoded again each time.
   val_chunks = inference.chunks(splits['val'], config.train.eval_batch_size,
