@@ -36,8 +36,9 @@ def train_on_synthetic(config, examples: int):
   return config
 
 
-def step_rate(config, steps, warmup):
-  """(images/s of all members together, first call s) of the real step,
+def step_rate(config, steps, warmup, repeats=1):
+  """(images/s of all members together, first call s) of the real step (the
+  fastest of `repeats` windows of `steps`),
   built and fed as a run does (train.load_train_val, train.make_inputs: in
   memory, the training set on the device and each epoch's order drawn once;
   or streamed batches)."""
@@ -51,12 +52,13 @@ def step_rate(config, steps, warmup):
   inputs, step, _ = train.make_inputs(config, splits, normalization, 0, mesh,
                                       streamed)
   try:
-    first, [seconds], _ = common.time_loop(
-        lambda state: step(state, next(inputs))[0], state, steps, warmup)
+    first, windows, _ = common.time_loop(
+        lambda state: step(state, next(inputs))[0], state, steps, warmup,
+        repeats)
   finally:
     if streamed:
       inputs.close()
-  return config.train.num_seeds * config.train.batch_size / seconds, first
+  return config.train.num_seeds * config.train.batch_size / min(windows), first
 
 
 def torch_resnet(num_layers, num_classes=10, shortcut='conv'):
@@ -171,6 +173,9 @@ def main():
                  'and weight averaging as a run sets them (the step against '
                  "the first's: their cost)")
   common.add_steps(p, steps=100, warmup=10)
+  p.add_argument('--repeats', type=int, default=1,
+                 help='windows of --steps; the fastest counts (a shared '
+                 "machine's slow moments left out)")
   p.add_argument('--examples', type=int, default=EXAMPLES,
                  help='training-set size the JAX step samples from '
                  '(1024: the old 8 batches of 128)')
@@ -209,7 +214,8 @@ def main():
           config.model.num_layers, config.model.conv_impl = DEPTH[name], impl
           config.train.batch_size, config.train.dtype = batch, dtype
           config.train.num_seeds, config.train.member_chunk = count, chunk
-          rate, compile_s = step_rate(config, args.steps, args.warmup)
+          rate, compile_s = step_rate(config, args.steps, args.warmup,
+                                      args.repeats)
           step_ms = 1000 * count * batch / rate
           one_step = one_step or (step_ms if count == 1 else None)
           # PyTorch trains one member with crop and flip: set beside those.

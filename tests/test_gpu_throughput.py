@@ -29,7 +29,7 @@ def test_an_unknown_augmentation_is_refused():
 def test_each_augmentation_setting_is_a_row_against_the_first(tmp_path):
   out = tmp_path / 'rows.json'
   result = run_bench('--augment=default,all,off', '--steps=3', '--warmup=1',
-                     '--examples=256', f'--json={out}')
+                     '--examples=256', '--repeats=2', f'--json={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(out.read_text())['rows']
   assert [row['augment'] for row in rows] == ['default', 'all', 'off']
