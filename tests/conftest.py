@@ -43,17 +43,6 @@ def pytest_unconfigure(config):
                   ignore_errors=True)
 
 
-def pytest_collection_modifyitems(items):
-  """Modules with more slow tests first, each module's tests together and
-  in order: xdist's workers then start on the long runs and finish on short
-  tests, instead of one running a kill soak alone at the end."""
-  slow = {}
-  for item in items:
-    if item.get_closest_marker('slow'):
-      slow[item.module.__name__] = slow.get(item.module.__name__, 0) + 1
-  items.sort(key=lambda item: -slow.get(item.module.__name__, 0))  # Stable.
-
-
 def require_real_data():
   """Skips a test without the real CIFAR-10 beside the repo (REAL_DATA),
   or fails it where RESNET_JAX_REQUIRE_DATA is set (CI)."""
