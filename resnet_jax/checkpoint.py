@@ -15,6 +15,7 @@ checkpoint written before runs had members (no 'members' in its record) is
 refused with one error line; the shipped ones were re-saved.
 """
 import os
+import re
 import sys
 import time
 
@@ -130,8 +131,15 @@ def wait_until_saved(manager):
 
 def _save_failed(manager, error) -> SaveError:
   first_line = (str(error).splitlines() or [''])[0]
-  if len(first_line) > 240:  # The cause (e.g. 'File too large') ends it.
-    first_line = '...' + first_line[-200:]
+  if len(first_line) > 240:
+    first_line = first_line[:60] + ' ... ' + first_line[-160:]
+  # The operating system's reason by name, first if shortening dropped it
+  # (TensorStore's long messages end with its number alone).
+  code = getattr(error, 'errno', None)
+  if found := re.search(r"os_error_code='?(\d+)", str(error)):
+    code = code or int(found.group(1))
+  if code and os.strerror(code) not in first_line:
+    first_line = f'{os.strerror(code)}: {first_line}'
   directory = str(manager.directory)  # What is on disk, not in the manager.
   steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
   return SaveError(

@@ -15,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import types
 
 import jax.numpy as jnp
 import pytest
@@ -131,6 +132,21 @@ def test_latest_and_bests_survive_random_saves_reopens_and_kills(tmp_path,
       reference.check(on_disk_steps(workdir))
   manager.close()
   assert 'evaluated' in actions
+
+
+def test_a_save_error_names_the_operating_systems_reason(tmp_path):
+  """A long TensorStore message ends with the error's number alone; the one
+  line names it (EFBIG: 'File too large') however it is shortened."""
+  manager = types.SimpleNamespace(directory=str(tmp_path))
+  os.makedirs(tmp_path / '6')
+  for text in ("writing 'f': File too large " + 'x' * 400 + " [os_error_code='27']",
+               'x' * 400 + " [os_error_code='27']"):
+    message = str(checkpoint._save_failed(manager, ValueError(text)))  # pylint: disable=protected-access
+    assert 'File too large' in message and 'steps: [6])' in message
+    assert len(message.splitlines()) == 1
+  error = OSError(28, 'No space left on device')
+  assert str(checkpoint._save_failed(manager, error)).count(  # pylint: disable=protected-access
+      'No space left on device') == 1
 
 
 @pytest.mark.slow
