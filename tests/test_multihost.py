@@ -45,27 +45,22 @@ def assert_matches_one_process(config, tmp_path, multi, steps):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_resume(tmp_path):
+def test_two_processes_streaming_resume_and_match_one_process_in_memory(
+    tmp_path):
+  """Two processes, streamed (each reads only its half of every batch),
+  stopped at step 3 and resumed by both, end where one in-memory process on
+  4 devices ends: the global batch is the one it samples, and the resume is
+  exact."""
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 3})
-  # Interrupted at step 3, then resumed by both processes.
+  config.data.streaming = 'on'
   run_two_processes(config, tmp_path / 'multi', '--stop_at_step=3')
   assert restore_params(str(tmp_path / 'multi'))[0] == 3
   run_two_processes(config, tmp_path / 'multi')
+  config.data.streaming = 'off'
   assert_matches_one_process(config, tmp_path, tmp_path / 'multi', 6)
   # Process 0 alone writes the history: each record once.
   lines = (tmp_path / 'multi' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == len(set(lines))
-
-
-@pytest.mark.slow
-def test_two_processes_streaming_match_one_process_in_memory(tmp_path):
-  """Streamed, each process reads only its half of every batch; the global
-  batch is the one a single in-memory process samples."""
-  config = tiny_config(**{'train.steps': 4, 'train.eval_every': 4})
-  config.data.streaming = 'on'
-  run_two_processes(config, tmp_path / 'multi')
-  config.data.streaming = 'off'
-  assert_matches_one_process(config, tmp_path, tmp_path / 'multi', 4)
 
 
 def test_a_lock_process_0_cannot_take_stops_every_process(tmp_path):
