@@ -121,12 +121,6 @@ def torch_resnet(num_layers, num_classes=10, shortcut='conv'):
                        nn.Linear(64, num_classes))
 
 
-def torch_sgd(model):
-  import torch  # pylint: disable=import-outside-toplevel
-  return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                         nesterov=True, weight_decay=5e-4)
-
-
 def bench_torch(name, batch, dtype, steps, warmup, compile_model):
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
@@ -139,7 +133,8 @@ def bench_torch(name, batch, dtype, steps, warmup, compile_model):
       device, memory_format=torch.channels_last).train()
   if compile_model:
     model = torch.compile(model)
-  opt = torch_sgd(model)
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                        nesterov=True, weight_decay=5e-4)
   images = torch.randint(0, 256, (batch * 8, 3, 32, 32), dtype=torch.uint8,
                          device=device)
   labels = torch.randint(0, 10, (batch * 8,), device=device)
@@ -192,7 +187,9 @@ def main():
                  help=f'comma-separated, of {",".join(AUGMENT)}: augmentation '
                  'and weight averaging as a run sets them (the step against '
                  "the first's: their cost)")
-  common.add_steps(p, steps=100, warmup=10)
+  p.add_argument('--steps', type=int, default=100, help='timed steps')
+  p.add_argument('--warmup', type=int, default=10,
+                 help='untimed steps after the first (compiling) one')
   p.add_argument('--repeats', type=int, default=1,
                  help='windows of --steps; the fastest counts (a shared '
                  "machine's slow moments left out)")
