@@ -87,12 +87,6 @@ def ints(text: str) -> list:
   return [int(s) for s in names(text)]
 
 
-def add_steps(parser, steps: int, warmup: int):
-  parser.add_argument('--steps', type=int, default=steps, help='timed steps')
-  parser.add_argument('--warmup', type=int, default=warmup,
-                      help='untimed steps after the first (compiling) one')
-
-
 def jax_sync(carry):
   import jax  # pylint: disable=import-outside-toplevel
   return jax.block_until_ready(carry)

@@ -1,19 +1,34 @@
-"""Train images/s of the real train step vs a PyTorch twin, on one device,
-and (--members) of several members in one step, and (--augment) with
-augmentation and weight averaging on (commands: bench/README.md).
+"""Train images/s of the real train step vs a PyTorch twin, on one device
+(a GPU or the CPU), and (--members) of several members in one step, and
+(--augment) with augmentation and weight averaging on (commands:
+bench/README.md).
 
 JAX: the product's step, built and fed as a run does, on synthetic data of
---examples images held on the device. PyTorch (optional): the same network
-(torch_resnet), channels-last, bfloat16 by autocast, a random crop and flip
-on the device, eager and (--compile) torch.compile. Steps are dispatched back
-to back and the clock stops after a device sync, as in a training loop.
+--examples images held on the device; on the CPU `--conv_impl auto,xla` sets
+resnet_jax/cpu_conv.py's fast path against XLA's own convolutions. PyTorch
+(optional): the same network (torch_resnet), channels-last, bfloat16 by
+autocast, a random crop and flip on the device, eager and (--compile)
+torch.compile; on the CPU with as many threads as the cores XLA uses. Steps
+are dispatched back to back and the clock stops after a device sync, as in a
+training loop.
 """
 import argparse
 import itertools
+import os
+import sys
 
 import common
 
-DEPTH = {'resnet8': 1, 'resnet20': 3, 'resnet56': 9}
+# name: (model.num_layers n, model.shortcut); depth 6n + 2. No shortcut: the
+# plain CNN of that depth (model.name 'cnn').
+MODELS = {'resnet8': (1, 'conv'), 'resnet20': (3, 'conv'),
+          'resnet20-zeropad': (3, 'zeropad'), 'cnn20': (3, None),
+          'resnet56': (9, 'conv')}
+# --tune-malloc: glibc returns big freed blocks to the OS, so every CPU step of
+# either framework page-faults its activations in again (~75k faults/step for
+# ResNet-20); glibc reads these at start-up, so the script re-executes itself.
+MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+              'MALLOC_TRIM_THRESHOLD_': str(1 << 40)}
 # The training-set size benchmarks sample from by default: CIFAR-10's 45,000
 # after the validation carve, so the step pays what a run pays.
 EXAMPLES = 45_000
@@ -106,21 +121,20 @@ def torch_resnet(num_layers, num_classes=10, shortcut='conv'):
                        nn.Linear(64, num_classes))
 
 
-def torch_sgd(model):
-  import torch  # pylint: disable=import-outside-toplevel
-  return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
-                         nesterov=True, weight_decay=5e-4)
-
-
-def bench_torch(n, batch, dtype, steps, warmup, compile_model):
+def bench_torch(name, batch, dtype, steps, warmup, compile_model):
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if device == 'cpu':  # As many intra-op threads as the cores XLA uses.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.manual_seed(0)
-  model = torch_resnet(n).to(device, memory_format=torch.channels_last).train()
+  n, shortcut = MODELS[name]
+  model = torch_resnet(n, shortcut=shortcut).to(
+      device, memory_format=torch.channels_last).train()
   if compile_model:
     model = torch.compile(model)
-  opt = torch_sgd(model)
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                        nesterov=True, weight_decay=5e-4)
   images = torch.randint(0, 256, (batch * 8, 3, 32, 32), dtype=torch.uint8,
                          device=device)
   labels = torch.randint(0, 10, (batch * 8,), device=device)
@@ -154,7 +168,7 @@ def bench_torch(n, batch, dtype, steps, warmup, compile_model):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--models', type=common.names, default='resnet20,resnet56',
-                 help=f'comma-separated, of {",".join(DEPTH)}')
+                 help=f'comma-separated, of {",".join(MODELS)}')
   p.add_argument('--batch-sizes', type=common.ints, default='128,512',
                  help='per member')
   p.add_argument('--dtypes', type=common.names, default='float32,bfloat16')
@@ -166,13 +180,16 @@ def main():
                  'no grouped convolutions)')
   p.add_argument('--conv_impl', type=common.names, default='auto',
                  help='model.conv_impl, comma-separated to compare (auto: '
-                 "XLA's convolutions off the CPU; matmul: batched matrix "
-                 'products when vmapped)')
+                 "resnet_jax/cpu_conv.py on the CPU, XLA's convolutions off "
+                 "it; xla: XLA's everywhere; matmul: batched matrix products "
+                 'when vmapped)')
   p.add_argument('--augment', type=common.names, default='default',
                  help=f'comma-separated, of {",".join(AUGMENT)}: augmentation '
                  'and weight averaging as a run sets them (the step against '
                  "the first's: their cost)")
-  common.add_steps(p, steps=100, warmup=10)
+  p.add_argument('--steps', type=int, default=100, help='timed steps')
+  p.add_argument('--warmup', type=int, default=10,
+                 help='untimed steps after the first (compiling) one')
   p.add_argument('--repeats', type=int, default=1,
                  help='windows of --steps; the fastest counts (a shared '
                  "machine's slow moments left out)")
@@ -181,16 +198,25 @@ def main():
                  '(1024: the old 8 batches of 128)')
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--compile', action='store_true', help='also torch.compile')
+  p.add_argument('--tune-malloc', action='store_true',
+                 help='re-run this script with ' + ' '.join(
+                     f'{k}={v}' for k, v in MALLOC_ENV.items()))
   common.add_json(p)
   args = p.parse_args()
-  if unknown := set(args.augment) - set(AUGMENT):
-    p.error(f'--augment: unknown {", ".join(sorted(unknown))}')
+  for option, known in (('models', MODELS), ('augment', AUGMENT)):
+    if unknown := set(getattr(args, option)) - set(known):
+      p.error(f'--{option}: unknown {", ".join(sorted(unknown))}')
+  malloc_tuned = all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
+  if args.tune_malloc and not malloc_tuned:
+    os.environ.update(MALLOC_ENV)
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   if not args.no_torch and not common.version('torch'):
     print('# PyTorch is not installed: JAX only')
     args.no_torch = True
   from resnet_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
   auto = train.member_chunk_auto(config_lib.base_config()) or 'all'
   print(f'# member_chunk 0 is auto: {auto} on this backend')
+  print(f'# malloc tuning (--tune-malloc): {"on" if malloc_tuned else "off"}')
   rows = common.start_table(
       args, 'model', 'batch', 'dtype', 'conv_impl', 'members', 'member_chunk',
       'augment', 'JAX img/s', 'step ms', 'step vs first', 'JAX compile s',
@@ -198,7 +224,7 @@ def main():
   for name, batch, dtype in itertools.product(args.models, args.batch_sizes,
                                               args.dtypes):
     torch_rate = None if args.no_torch else max(
-        bench_torch(DEPTH[name], batch, dtype, args.steps, args.warmup, c)
+        bench_torch(name, batch, dtype, args.steps, args.warmup, c)
         for c in ((False, True) if args.compile else (False,)))
     # One member of the first conv_impl and augment: the base.
     one_step = None
@@ -211,7 +237,12 @@ def main():
             c for c in args.member_chunk if not (index and c == 1)]:
           config = train_on_synthetic(config_lib.base_config(), args.examples)
           config.update_from_flattened_dict(AUGMENT[augment])
-          config.model.num_layers, config.model.conv_impl = DEPTH[name], impl
+          config.model.num_layers, shortcut = MODELS[name]
+          if shortcut:
+            config.model.shortcut = shortcut
+          else:
+            config.model.name = 'cnn'
+          config.model.conv_impl = impl
           config.train.batch_size, config.train.dtype = batch, dtype
           config.train.num_seeds, config.train.member_chunk = count, chunk
           rate, compile_s = step_rate(config, args.steps, args.warmup,

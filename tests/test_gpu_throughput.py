@@ -1,6 +1,7 @@
 """bench/gpu_throughput.py --augment: one row per augmentation setting, each
-timing the step a run with that setting trains (its other modes: the GPU
-check's throughput and members stages, tests/test_gpu_check.py)."""
+timing the step a run with that setting trains; on the CPU, the models and
+convolutions of docs/results.md's CPU table, malloc tuned (its other modes:
+the GPU check's throughput and members stages, tests/test_gpu_check.py)."""
 import json
 import os
 import subprocess
@@ -20,9 +21,11 @@ def run_bench(*args):
                         timeout=900)
 
 
-def test_an_unknown_augmentation_is_refused():
+def test_an_unknown_augmentation_or_model_is_refused():
   result = run_bench('--augment=default,rotate')
   assert result.returncode == 2 and 'unknown rotate' in result.stderr
+  result = run_bench('--models=resnet8,resnet21')
+  assert result.returncode == 2 and '--models: unknown resnet21' in result.stderr
 
 
 @pytest.mark.slow
@@ -39,3 +42,22 @@ def test_each_augmentation_setting_is_a_row_against_the_first(tmp_path):
   table = [line for line in result.stdout.splitlines()
            if line.startswith('| resnet8')]
   assert len(table) == 2 and ' 1.00x ' in table[0]
+
+
+@pytest.mark.slow
+def test_cpu_models_and_convolutions_are_a_row_each_with_malloc_tuned(
+    tmp_path):
+  out = tmp_path / 'rows.json'
+  result = run_bench('--models=cnn20,resnet20-zeropad', '--batch-sizes=2',
+                     '--conv_impl=auto,xla', '--steps=2', '--warmup=0',
+                     '--examples=16', '--tune-malloc', f'--json={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  # The re-executed process saw glibc's malloc settings.
+  assert 'malloc tuning (--tune-malloc): on' in result.stdout
+  rows = json.loads(out.read_text())['rows']
+  assert [(row['model'], row['conv_impl']) for row in rows] == [
+      ('cnn20', 'auto'), ('cnn20', 'xla'), ('resnet20-zeropad', 'auto'),
+      ('resnet20-zeropad', 'xla')]
+  assert all(row['jax_images_per_sec'] > 0 and row['jax_compile_s'] > 0
+             for row in rows)
+  assert 'AVX-512' in result.stdout
