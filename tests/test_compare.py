@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import snapshot
+from conftest import FAST_COMPILE, snapshot
 from resnet_jax import compare, report, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,9 +21,6 @@ TINY = ('--steps=2', '--config.data.source=synthetic',
         '--config.train.warmup_steps=0', '--config.train.eval_every=1',
         '--config.train.log_every=1', '--config.train.eval_batch_size=8')
 WORKDIRS = ('plain-8', 'resnet_zeropad-8')
-# Tests only: XLA:CPU compiles the tiny nets in half the time.
-FAST_COMPILE = ('--xla_backend_optimization_level=0 '
-                '--xla_llvm_disable_expensive_passes=true')
 
 
 def sweep(*args, python=sys.executable):

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import cli_args, run_cli, snapshot, tiny_config
+from conftest import cli_args, fake_devices, run_cli, snapshot, tiny_config
 from test_cli import assert_one_line_error
 from test_train import restore_params
 from resnet_jax import checkpoint, data, evaluate, inference, models, predict
@@ -185,7 +185,7 @@ def test_members_sharded_over_four_devices_match_one_device(tmp_path):
   """train.shard_members: a 2-D mesh, each device trains whole members."""
   config = tiny_config(**SHORT, **{'train.num_seeds': 4})
   train.train_and_evaluate(config, str(tmp_path / 'one'))
-  four = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  four = fake_devices(4)
   sharded = tiny_config(**SHORT, **{'train.num_seeds': 4,
                                     'train.shard_members': True})
   result = run_cli(cli_args(sharded, tmp_path / 'four'), env=four)

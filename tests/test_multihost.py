@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_args, run_cli, tiny_config
+from conftest import REPO, cli_args, fake_devices, run_cli, tiny_config
 from test_train import restore_params
 
 
@@ -19,7 +19,7 @@ def free_port():
 
 def run_two_processes(config, workdir, *extra):
   port = free_port()
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = fake_devices(2)
   procs = [subprocess.Popen(
       cli_args(config, workdir, f'--coordinator_address=localhost:{port}',
                '--num_processes=2', f'--process_id={i}', *extra),
@@ -35,7 +35,7 @@ def run_two_processes(config, workdir, *extra):
 def assert_matches_one_process(config, tmp_path, multi, steps):
   """A 1-process run on 4 devices ends with the parameters of `multi`."""
   single = run_cli(cli_args(config, tmp_path / 'single'),
-                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+                   env=fake_devices(4))
   assert single.returncode == 0, single.stderr
   step_a, a = restore_params(str(multi))
   step_b, b = restore_params(str(tmp_path / 'single'))
@@ -68,8 +68,7 @@ def test_a_lock_process_0_cannot_take_stops_every_process(tmp_path):
   both processes stop with its one error line, neither waits for it."""
   (tmp_path / 'file').write_text('x')
   port = free_port()
-  env = {**os.environ,
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = {**os.environ, **fake_devices(2)}
   procs = [subprocess.Popen(
       cli_args(tiny_config(), tmp_path / 'file' / 'w',
                f'--coordinator_address=localhost:{port}', '--num_processes=2',

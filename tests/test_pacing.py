@@ -143,7 +143,7 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
   both save the same step and exit with 128 + SIGTERM."""
   from test_multihost import free_port  # pylint: disable=import-outside-toplevel
   from test_reliability import wait_for_record  # pylint: disable=import-outside-toplevel
-  from conftest import REPO, cli_args  # pylint: disable=import-outside-toplevel
+  from conftest import REPO, cli_args, fake_devices  # pylint: disable=import-outside-toplevel
   config = tiny_config(**{'train.steps': 100000, 'train.eval_every': 100000,
                           'train.log_every': 1})
   workdir, port = str(tmp_path / 'w'), free_port()
@@ -151,8 +151,7 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
       cli_args(config, workdir, f'--coordinator_address=localhost:{port}',
                '--num_processes=2', f'--process_id={i}'),
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ,
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+      env={**os.environ, **fake_devices(2)})
            for i in range(2)]
   try:
     wait_for_record(workdir, lambda r: r['step'] >= 5, procs[0], timeout=300)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config, cli_args, run_cli
+from conftest import tiny_config, cli_args, fake_devices, run_cli
 from resnet_jax import checkpoint, evaluate, inference, models, optim
 from resnet_jax import reporting, train, train_state
 
@@ -153,7 +153,7 @@ def test_four_devices_match_one_device(tmp_path):
   config = tiny_config(**{'train.steps': 6, 'train.eval_every': 6})
   one = run_cli(cli_args(config, tmp_path / 'one'))
   four = run_cli(cli_args(config, tmp_path / 'four'),
-                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+                 env=fake_devices(4))
   assert one.returncode == 0 and four.returncode == 0, one.stderr + four.stderr
   _, a = restore_params(str(tmp_path / 'one'))
   _, b = restore_params(str(tmp_path / 'four'))
