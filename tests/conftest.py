@@ -30,9 +30,12 @@ FAST_COMPILE = ('--xla_backend_optimization_level=0 '
 
 
 def fake_devices(count: int) -> dict:
-  """The environment of a child that sees `count` CPU devices."""
-  return {'XLA_FLAGS': f'{FAST_COMPILE} '
-                       f'--xla_force_host_platform_device_count={count}'}
+  """The environment of a child that sees `count` CPU devices: this
+  process's XLA_FLAGS (FAST_COMPILE among them, from pytest_configure) and
+  the device count."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  return {'XLA_FLAGS': f'{flags} --xla_force_host_platform_device_count={count}'
+                       .strip()}
 
 
 def pytest_configure(config):
