@@ -1,6 +1,8 @@
 """The GPU check: smoke-tests training on this machine's accelerator and
 measures it, writing every figure, with the command that gave it, to one JSON
-(commands: bench/README.md; the stages: docs/gpus_and_clusters.md).
+(commands: bench/README.md; the stages: docs/gpus_and_clusters.md). The
+full_length stages, run only when named, train the original table's models
+at their whole budget, resuming across calls.
 
 The stage limits (STAGES) come from an H200's figures: ~30 s to a run's
 first step before the compilation cache, 210 s for gpu_throughput.py's 8
@@ -12,6 +14,7 @@ import functools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +31,7 @@ TESTS = ('tests/test_models.py',
          'tests/test_train.py::test_bfloat16_run_learns_with_float32_state',
          'tests/test_train.py::'
          'test_evaluate_restored_checkpoint_reproduces_validation_metrics')
-# --tiny's data and model: synthetic images, a tiny ResNet (also
-# bench/full_length.py's rehearsal).
+# --tiny's data and model: synthetic images, a tiny ResNet.
 TINY_DATA = ['--config.data.source=synthetic', '--config.data.image_size=16',
              '--config.data.synthetic_examples=160',
              '--config.data.val_fraction=0.2', '--config.model.num_layers=1',
@@ -43,6 +45,16 @@ MEMBERS = ['--member_chunk', '0,1', '--conv_impl', 'auto,matmul', '--no-torch']
 # kernels (no effect on a CPU); otherwise atomic accumulations make a resumed
 # run differ from its twin in the last bits.
 DETERMINISTIC = '--xla_gpu_deterministic_ops=true'
+# The full_length stages: the original table's models, by config.
+FULL_LENGTH = {'resnet20_zeropad': 'resnet_zeropad.py',
+               'resnet20_conv': 'resnet_conv.py', 'cnn20': 'cnn.py'}
+# full_length_gpu: 64,000 x 128 images at batch 512; base_config's warmup
+# (1,000 steps) and evaluations (every 1,000) kept in images; the scaling of
+# config.gpu_recipe.
+GPU_RECIPE = ['--config.train.batch_size=512', '--config.train.steps=16000',
+              '--config.train.learning_rate=0.4',
+              '--config.train.warmup_steps=250',
+              '--config.train.eval_every=250', '--config.train.dtype=bfloat16']
 
 
 def stage_args(args):
@@ -50,12 +62,13 @@ def stage_args(args):
   if args.tiny:
     speed = ['--models', 'resnet8', '--batch-sizes', '16', '--dtypes',
              'float32', '--steps', '2', '--warmup', '1', '--examples', '128']
+    eight = ['--config.train.steps=8', '--config.train.eval_every=4',
+             '--config.train.warmup_steps=2']
     return dict(data=TINY_DATA, steps=8, eval_every=4, warmup=2, target=0.0,
                 throughput=speed,
                 members=[*speed, '--members', '1,2', *MEMBERS],
-                accuracy=['--config.train.steps=8',
-                          '--config.train.eval_every=4',
-                          '--config.train.warmup_steps=2'])
+                accuracy=eight, full_length=eight, full_length_gpu=eight,
+                workdir=getattr(args, 'workdir', None))
   return dict(data=['--config.data.source=cifar10_binary',
                     f'--config.data.dir={os.path.abspath(args.data)}'],
               steps=600, eval_every=200, warmup=100, target=0.9125,
@@ -65,7 +78,8 @@ def stage_args(args):
               members=['--models', 'resnet20', '--batch-sizes', '128',
                        '--dtypes', 'float32', '--steps', '20', '--warmup', '3',
                        '--members', '1,8', *MEMBERS],
-              accuracy=[])
+              accuracy=[], full_length=[], full_length_gpu=GPU_RECIPE,
+              workdir=args.workdir)
 
 
 class StageFailed(RuntimeError):
@@ -99,6 +113,16 @@ def run(command, deadline, env=None):
             *result.stdout.strip().splitlines()[-1:]]
     raise RuntimeError(f'exit {result.returncode}: {" / ".join(tail)}')
   return result.stdout
+
+
+def stop(child):
+  """SIGTERM (a run saves its step, then exits), SIGKILL a minute later."""
+  child.send_signal(signal.SIGTERM)
+  try:
+    child.wait(60)
+  except subprocess.TimeoutExpired:
+    child.kill()
+    child.wait()
 
 
 def last_validation(workdir):
@@ -226,12 +250,7 @@ def time_to_accuracy(config, name, s, scratch, deadline):
     if reached or done or time.time() > deadline:
       break
     time.sleep(0.05)
-  child.terminate()
-  try:
-    child.wait(60)
-  except subprocess.TimeoutExpired:
-    child.kill()
-    child.wait()
+  stop(child)
   figures = {'target': s['target'], 'reached': bool(reached)}
   if not reached:
     with open(log) as f:
@@ -247,6 +266,68 @@ def time_to_accuracy(config, name, s, scratch, deadline):
           'val_accuracy': reached['val_accuracy'], 'workdir': workdir}, commands
 
 
+def full_length(recipe, s, scratch, deadline):
+  """FULL_LENGTH's runs side by side on one accelerator, in the folder
+  `recipe` of s['workdir'], stopped at the deadline (SIGTERM: each saves, and
+  the same command resumes it); then each finished run's last checkpoint
+  evaluated on the validation split, single view and with flip."""
+  del scratch  # The runs outlive this check, to be resumed and kept.
+  # Each may take a third of the memory (JAX preallocates 75% otherwise).
+  env = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '.3', **os.environ}
+  runs, running, base = {}, {}, os.path.join(s['workdir'], recipe)
+  for name, config in FULL_LENGTH.items():
+    workdir = os.path.join(base, name)
+    command = main_command(config, workdir, *s['data'], *s[recipe])
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, f'{name}.log'), 'a') as log:
+      running[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT)
+    runs[name] = {'command': shlex.join(command)}
+  start = time.perf_counter()
+  while running:
+    for name, child in list(running.items()):
+      if time.time() > deadline:
+        stop(child)
+      if child.poll() is None:
+        continue
+      del running[name]
+      workdir = os.path.join(base, name)
+      history = (reporting.read_history(workdir) if os.path.exists(
+          os.path.join(workdir, 'metrics.jsonl')) else [])  # Killed early.
+      validations = [r for r in history if 'val_accuracy' in r]
+      runs[name].update(
+          exit_code=child.returncode, finished=child.returncode == 0,
+          seconds=round(time.perf_counter() - start, 1),
+          last_step=max((r['step'] for r in history if 'step' in r), default=0),
+          # The run's own last validation, single view as these configs
+          # evaluate: single_view below must reproduce it.
+          last_val_accuracy=validations[-1]['val_accuracy'] if validations
+          else None)
+    time.sleep(0.2)
+  for entry in runs.values():
+    if not entry['finished']:
+      continue
+    for view, flip in (('single_view', False), ('flip_tta', True)):
+      command = shlex.split(entry['command']) + [
+          '--mode=evaluate', '--split=val', '--checkpoint=latest',
+          f'--config.train.eval_flip={flip}']
+      entry[view] = {'command': shlex.join(command)}
+      try:  # Minutes of its own: the stage's limit is the training's.
+        out = last_json(run(command, time.time() + 300))
+        entry[view].update(accuracy=out['accuracy'], loss=out['loss'],
+                           step=out['step'], examples=out['num_examples'])
+      except (RuntimeError, subprocess.TimeoutExpired) as e:
+        entry[view]['error'] = str(e)
+  if unfinished := [n for n, r in runs.items() if not r['finished']]:
+    raise StageFailed(f'unfinished (the same command resumes them): '
+                      f'{", ".join(unfinished)}', figures={'runs': runs})
+  if failed := [n for n, r in runs.items() if 'error' in r['single_view']
+                or 'error' in r['flip_tta']]:
+    raise StageFailed(f'evaluation failed: {", ".join(failed)}',
+                      figures={'runs': runs})
+  return {'runs': runs}, {}
+
+
 # (the stage's function, its time limit in seconds): 6 minutes in all.
 STAGES = {
     'smoke': (smoke, 95), 'tests': (tests, 40),
@@ -256,6 +337,11 @@ STAGES = {
                                    'accuracy'), 60),
     'accuracy_gpu': (functools.partial(time_to_accuracy, 'resnet_conv_gpu.py',
                                        'accuracy_gpu'), 35)}
+DEFAULT_STAGES = list(STAGES)  # full_length: many calls' training.
+STAGES.update({
+    'full_length': (functools.partial(full_length, 'full_length'), 450),
+    'full_length_gpu': (functools.partial(full_length, 'full_length_gpu'),
+                        450)})
 
 
 def main():
@@ -263,8 +349,10 @@ def main():
   p.add_argument('--data', help='a cifar-10-batches-bin folder')
   p.add_argument('--tiny', action='store_true',
                  help='synthetic data and a tiny model: a rehearsal anywhere')
-  p.add_argument('--stages', default=','.join(STAGES),
+  p.add_argument('--stages', default=','.join(DEFAULT_STAGES),
                  help=f'comma-separated, of {",".join(STAGES)}')
+  p.add_argument('--workdir', help="the full_length stages' runs, resumed "
+                 'by the same command')
   p.add_argument('--out', default=os.path.join(BENCH, 'results',
                                                'gpu_check.json'))
   p.add_argument('--time-scale', type=float, default=1.0,
@@ -277,6 +365,8 @@ def main():
     p.error(f'unknown stages: {",".join(sorted(unknown))}')
   if not args.tiny and not (args.data and os.path.isdir(args.data)):
     p.error('--data=DIR (a cifar-10-batches-bin folder) or --tiny')
+  if not args.workdir and any(n.startswith('full_length') for n in stages):
+    p.error('the full_length stages need --workdir=DIR')
   if args.dry_run:
     for name in stages:
       print(f'{name}: up to {STAGES[name][1]} s')

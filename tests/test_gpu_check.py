@@ -156,3 +156,69 @@ def test_a_run_that_fails_fails_the_accuracy_stage_with_its_error(tmp_path):
                                time.time() + 600)
   assert failed.value.entry['figures']['exit_code'] not in (0, None)
   assert 'no_such_key' in str(failed.value), failed.value
+
+
+def full_length(tmp_path, monkeypatch, models, seconds):
+  """The full_length stage, --tiny, on `models` for `seconds` of training."""
+  gpu_check = import_check()
+  monkeypatch.setattr(gpu_check, 'FULL_LENGTH', {
+      name: gpu_check.FULL_LENGTH[name] for name in models})
+  s = gpu_check.stage_args(argparse.Namespace(tiny=True,
+                                              workdir=str(tmp_path)))
+  return gpu_check, lambda: gpu_check.full_length(
+      'full_length', s, None, time.time() + seconds)
+
+
+@pytest.mark.slow
+def test_full_length_runs_side_by_side_each_evaluated_both_ways(
+    tmp_path, monkeypatch):
+  # Two of the three (CI's time): side by side, as on a GPU.
+  _, stage = full_length(tmp_path, monkeypatch, ['resnet20_conv', 'cnn20'], 600)
+  figures, _ = stage()
+  assert list(figures['runs']) == ['resnet20_conv', 'cnn20']
+  for name, run in figures['runs'].items():
+    workdir = tmp_path / 'full_length' / name
+    assert run['finished'] and run['exit_code'] == 0 and run['last_step'] == 8
+    assert f'--workdir={workdir}' in run['command']
+    # The evaluation of the last checkpoint, single view, is the run's own
+    # last validation (these configs validate single view).
+    history = [json.loads(line) for line in
+               (workdir / 'metrics.jsonl').read_text().splitlines()]
+    last = [r for r in history if 'val_accuracy' in r][-1]
+    assert last['step'] == 8
+    assert run['single_view']['accuracy'] == last['val_accuracy']
+    assert run['last_val_accuracy'] == last['val_accuracy']
+    for view, flip in (('single_view', False), ('flip_tta', True)):
+      entry = run[view]
+      assert 0 <= entry['accuracy'] <= 1 and entry['step'] == 8
+      assert entry['examples'] == 32  # 20% of 160 synthetic images.
+      assert f'--config.train.eval_flip={flip}' in entry['command']
+    assert (workdir / 'checkpoints' / '8').is_dir()
+
+
+@pytest.mark.slow
+def test_full_length_runs_past_the_limit_are_stopped_and_resumed(
+    tmp_path, monkeypatch):
+  gpu_check, stage = full_length(tmp_path, monkeypatch, ['resnet20_conv'], 0.5)
+  # Half a second: the run is stopped (SIGTERM) before its first step, and
+  # not evaluated.
+  with pytest.raises(gpu_check.StageFailed, match='unfinished .*: '
+                     'resnet20_conv$') as stopped:
+    stage()
+  (run,) = stopped.value.entry['figures']['runs'].values()
+  assert not run['finished'] and run['exit_code'] != 0
+  assert run['last_step'] == 0 and run['last_val_accuracy'] is None
+  assert 'single_view' not in run
+  # The same command, with time: the run resumes in its workdir and ends.
+  gpu_check, stage = full_length(tmp_path, monkeypatch, ['resnet20_conv'], 600)
+  (run,) = stage()[0]['runs'].values()
+  assert run['finished'] and run['last_step'] == 8
+  assert 'accuracy' in run['flip_tta']
+
+
+def test_full_length_stages_need_a_workdir_and_run_only_when_named():
+  refused = run_check('--tiny', '--stages=full_length', '--dry-run')
+  assert refused.returncode == 2 and '--workdir=DIR' in refused.stderr
+  plan = run_check('--tiny', '--stages=full_length_gpu', '--workdir=w',
+                   '--dry-run')
+  assert plan.returncode == 0 and 'full_length_gpu: up to 450 s' in plan.stdout
