@@ -1,6 +1,9 @@
 """Shared fixtures: tiny configs and generated CIFAR-10 binary folders."""
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -24,9 +27,27 @@ CACHE_SETTINGS = {'jax_persistent_cache_min_compile_time_secs': 0,
 # Tests only, in every process (XLA_FLAGS, inherited): XLA:CPU compiles the
 # tiny test programs at -O0, which cuts the suite's CPU time by a fifth. The
 # product compiles at XLA's default -O2 (a few results differ by a float32
-# ulp); tests compare runs with each other, each under the same flags.
+# ulp); tests compare runs with each other, each under the same flags. Not on
+# an accelerator (fast_compile_applies).
 FAST_COMPILE = ('--xla_backend_optimization_level=0 '
                 '--xla_llvm_disable_expensive_passes=true')
+
+
+def accelerator_installed() -> bool:
+  """A PJRT plugin (jax_plugins: CUDA, ROCm) or libtpu, found as jax finds
+  them but without starting a backend: the tests would run there."""
+  spec = importlib.util.find_spec('jax_plugins')
+  return bool(
+      spec and any(pkgutil.iter_modules(spec.submodule_search_locations))
+      or importlib.metadata.entry_points(group='jax_plugins')
+      or importlib.util.find_spec('libtpu'))
+
+
+def fast_compile_applies(environ=os.environ) -> bool:
+  """FAST_COMPILE is for XLA:CPU: on an accelerator -O0 would slow its
+  kernels, and the tests there check the program a run gets (gpu_check)."""
+  platforms = environ.get('JAX_PLATFORMS', '')
+  return platforms == 'cpu' or not (platforms or accelerator_installed())
 
 
 def fake_devices(count: int) -> dict:
@@ -43,8 +64,9 @@ def pytest_configure(config):
   if not os.environ.get('PYTEST_XDIST_WORKER'):  # The controller, or no xdist.
     os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
         prefix='resnet_jax_test_jit_cache_')
-    os.environ['XLA_FLAGS'] = (
-        f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip())
+    if fast_compile_applies():
+      os.environ['XLA_FLAGS'] = (
+          f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE}'.strip())
   import jax  # pylint: disable=import-outside-toplevel
   settings = {'jax_compilation_cache_dir': os.environ['JAX_COMPILATION_CACHE_DIR'],
               **CACHE_SETTINGS}

@@ -222,3 +222,24 @@ def test_full_length_stages_need_a_workdir_and_run_only_when_named():
   plan = run_check('--tiny', '--stages=full_length_gpu', '--workdir=w',
                    '--dry-run')
   assert plan.returncode == 0 and 'full_length_gpu: up to 450 s' in plan.stdout
+
+
+def test_tests_on_an_accelerator_compile_as_a_run_does(tmp_path):
+  """conftest's -O0 (FAST_COMPILE) is for XLA:CPU: with a PJRT plugin
+  installed (here a fake one under jax_plugins) the tests, as the tests
+  stage runs them on a GPU, keep XLA's defaults unless JAX_PLATFORMS=cpu."""
+  from conftest import FAST_COMPILE  # pylint: disable=import-outside-toplevel
+  assert FAST_COMPILE in os.environ['XLA_FLAGS']  # This CPU-only machine.
+  (tmp_path / 'jax_plugins' / 'xla_fake').mkdir(parents=True)
+  (tmp_path / 'jax_plugins' / 'xla_fake' / '__init__.py').write_text('')
+  probe = ('import sys; sys.path.insert(0, "tests"); import conftest; '
+           'print(conftest.accelerator_installed(), '
+           'conftest.fast_compile_applies())')
+  for platforms, expected in ((None, 'True False'), ('cpu', 'True True'),
+                              ('cuda', 'True False')):
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    env.pop('JAX_PLATFORMS', None)
+    env.update({'JAX_PLATFORMS': platforms} if platforms else {})
+    result = subprocess.run([sys.executable, '-c', probe], cwd=REPO, env=env,
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split('\n')[-2] == expected, (platforms, result)
