@@ -275,10 +275,10 @@ def full_length(recipe, s, scratch, deadline):
   # Each may take a third of the memory (JAX preallocates 75% otherwise).
   env = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '.3', **os.environ}
   runs, running, base = {}, {}, os.path.join(s['workdir'], recipe)
+  os.makedirs(base, exist_ok=True)
   for name, config in FULL_LENGTH.items():
     workdir = os.path.join(base, name)
     command = main_command(config, workdir, *s['data'], *s[recipe])
-    os.makedirs(base, exist_ok=True)
     with open(os.path.join(base, f'{name}.log'), 'a') as log:
       running[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
