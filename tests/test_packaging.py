@@ -4,6 +4,7 @@ import importlib.metadata as metadata
 import re
 
 import jax
+from packaging.specifiers import SpecifierSet
 
 
 def requirements(extra=None):
@@ -17,10 +18,6 @@ def requirements(extra=None):
   return found
 
 
-def as_tuple(version):
-  return tuple(int(p) for p in re.findall(r'\d+', version)[:3])
-
-
 def test_cuda_extras_pull_jax_with_the_core_range():
   jax_range = requirements()['jax']
   assert jax_range
@@ -29,6 +26,6 @@ def test_cuda_extras_pull_jax_with_the_core_range():
 
 
 def test_installed_jax_is_in_the_pinned_range():
-  bounds = dict((op, as_tuple(v)) for op, v in re.findall(
-      r'(>=|<)\s*([\d.]+)', requirements()['jax']))
-  assert bounds['>='] <= as_tuple(jax.__version__) < bounds['<']
+  admitted = SpecifierSet(requirements()['jax'])
+  assert jax.__version__ in admitted, (jax.__version__, admitted)
+  assert '0.12.1' not in admitted  # Its multi-process runs hang (setup.cfg).
