@@ -274,11 +274,13 @@ def full_length(recipe, s, scratch, deadline):
   del scratch  # The runs outlive this check, to be resumed and kept.
   # Each may take a third of the memory (JAX preallocates 75% otherwise).
   env = {'XLA_PYTHON_CLIENT_MEM_FRACTION': '.3', **os.environ}
-  runs, running, base = {}, {}, os.path.join(s['workdir'], recipe)
+  runs, running, commands = {}, {}, {}
+  base = os.path.join(s['workdir'], recipe)
   os.makedirs(base, exist_ok=True)
   for name, config in FULL_LENGTH.items():
     workdir = os.path.join(base, name)
-    command = main_command(config, workdir, *s['data'], *s[recipe])
+    commands[name] = command = main_command(config, workdir, *s['data'],
+                                            *s[recipe])
     with open(os.path.join(base, f'{name}.log'), 'a') as log:
       running[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT)
@@ -304,11 +306,11 @@ def full_length(recipe, s, scratch, deadline):
           last_val_accuracy=validations[-1]['val_accuracy'] if validations
           else None)
     time.sleep(0.2)
-  for entry in runs.values():
+  for name, entry in runs.items():
     if not entry['finished']:
       continue
     for view, flip in (('single_view', False), ('flip_tta', True)):
-      command = shlex.split(entry['command']) + [
+      command = commands[name] + [
           '--mode=evaluate', '--split=val', '--checkpoint=latest',
           f'--config.train.eval_flip={flip}']
       entry[view] = {'command': shlex.join(command)}

@@ -52,8 +52,8 @@ def fast_compile_applies(environ=os.environ) -> bool:
 
 def fake_devices(count: int) -> dict:
   """The environment of a child that sees `count` CPU devices: this
-  process's XLA_FLAGS (FAST_COMPILE among them, from pytest_configure) and
-  the device count."""
+  process's XLA_FLAGS (with FAST_COMPILE where pytest_configure added it)
+  and the device count."""
   flags = os.environ.get('XLA_FLAGS', '')
   return {'XLA_FLAGS': f'{flags} --xla_force_host_platform_device_count={count}'
                        .strip()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST_COMPILE, snapshot
+from conftest import FAST_COMPILE, fast_compile_applies, snapshot
 from resnet_jax import compare, report, reporting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,8 @@ WORKDIRS = ('plain-8', 'resnet_zeropad-8')
 def sweep(*args, python=sys.executable):
   env = {k: v for k, v in os.environ.items()
          if k not in ('DRY_RUN', 'CUDA_VISIBLE_DEVICES', 'XLA_FLAGS')}
-  env.update(PYTHON=python, XLA_FLAGS=FAST_COMPILE)
+  env.update(PYTHON=python,
+             XLA_FLAGS=FAST_COMPILE if fast_compile_applies() else '')
   return subprocess.run([SWEEP, *args], capture_output=True, text=True,
                         cwd=REPO, env=env, timeout=300)
 
